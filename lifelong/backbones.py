@@ -1,0 +1,140 @@
+"""Backbones: an MLP, a small CNN, and a reduced ResNet-18 for images.
+
+Every factory takes the stream's ``input_shape`` and ``num_classes`` (the
+run fills them in) plus its own keyword parameters (settable from YAML).
+Each network exposes ``features(x)`` (the penultimate representation) and
+``head`` (the last linear layer), which distillation and expansion methods use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+
+__all__ = ["MLP", "SmallCNN", "ReducedResNet18", "mlp", "cnn", "resnet"]
+
+
+class MLP(nn.Module):
+    """A fully connected ReLU network on flattened inputs."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256),
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.body = nn.Sequential(nn.Flatten(), *layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class SmallCNN(nn.Module):
+    """Two or more conv-ReLU-maxpool blocks and a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int] = (32, 64),
+                 spatial: int = 28) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c, s = in_channels, spatial
+        for out in channels:
+            blocks += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c, s = out, s // 2
+        self.body = nn.Sequential(*blocks, nn.Flatten())
+        self.head = nn.Linear(c * max(s, 1) ** 2, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ReducedResNet18(nn.Module):
+    """ResNet-18 with ``nf`` base filters (20 in Lopez-Paz & Ranzato 2017, GEM)."""
+
+    def __init__(self, in_channels: int, num_classes: int, nf: int = 20,
+                 blocks: Sequence[int] = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, nf, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(nf), nn.ReLU())
+        layers: list[nn.Module] = []
+        c = nf
+        for i, n in enumerate(blocks):
+            out = nf * 2**i
+            for j in range(n):
+                layers.append(_BasicBlock(c, out, 2 if (j == 0 and i > 0) else 1))
+                c = out
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(c, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        out = self.layers(self.stem(x))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"backbone {name!r} needs image inputs (C, H, W), the stream gives "
+                          f"{tuple(input_shape)}; use backbone 'mlp'")
+    return int(input_shape[0]), int(input_shape[1])
+
+
+def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: list[int] | None = None,
+        dropout: float = 0.0) -> MLP:
+    """MLP on flattened inputs; ``hidden`` widths default to [256, 256]."""
+    return MLP(math.prod(input_shape), num_classes, tuple(hidden or (256, 256)), dropout)
+
+
+def cnn(*, input_shape: Sequence[int], num_classes: int, channels: list[int] | None = None) -> SmallCNN:
+    """Small CNN: conv-ReLU-maxpool blocks (default channels [32, 64]) and a linear head."""
+    c, s = _image_shape(input_shape, "cnn")
+    return SmallCNN(c, num_classes, tuple(channels or (32, 64)), s)
+
+
+def resnet(*, input_shape: Sequence[int], num_classes: int, nf: int = 20) -> ReducedResNet18:
+    """Reduced ResNet-18 (GEM's, ``nf``=20 base filters) for images."""
+    c, _ = _image_shape(input_shape, "resnet")
+    return ReducedResNet18(c, num_classes, nf)
+
+
+@hookimpl
+def register(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add("backbone", "mlp", mlp)
+    registry.add("backbone", "cnn", cnn)
+    registry.add("backbone", "resnet", resnet)

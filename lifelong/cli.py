@@ -1,0 +1,262 @@
+"""``lifelong run|bench|list|plot``: parse, validate, call the library, render.
+
+User mistakes (bad YAML, unknown keys or names, plugins that cannot
+compose, bad data) print one line ``error: ...`` and exit with status 2;
+an interrupted run exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import ConfigError, LifelongError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _console(quiet: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False, quiet=quiet, highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def check_out_dir(out: str) -> Path:
+    """Create ``out`` and prove it is writable, before any training starts."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
+                          "choose a writable directory with free space") from exc
+    return path
+
+
+def _total_samples(stream: Any, epochs: int) -> int | None:
+    n = stream.meta.get("n_train") if hasattr(stream, "meta") else None
+    return None if n is None else n * epochs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from lifelong.config import apply_overrides, load_yaml
+    from lifelong.run import build, collect_metrics, write_metrics
+
+    console = _console(args.quiet)
+    raw = apply_overrides(load_yaml(args.config), args.set or [])
+    out = check_out_dir(args.out) if args.out else None
+    run = build(raw)
+    total = _total_samples(run.stream, run.learner.epochs)
+    console.print(f"[bold]lifelong run[/bold] {args.config}: {run.stream!r} on "
+                  f"{run.learner.device}, plugins: "
+                  f"{', '.join(type(p).__name__ for p in run.plugins) or 'none (fine-tuning)'}")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=args.quiet, transient=False) as bar:
+        task = bar.add_task("training", total=total, rate="-")
+        import time as _time
+
+        t0 = _time.perf_counter()
+
+        def progress(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            rate = done / max(_time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        run.learner.fit(run.stream, progress=progress)
+    metrics = collect_metrics(run)
+    _render_result(console, metrics)
+    if out is not None:
+        path = write_metrics(metrics, out)
+        console.print(f"metrics written to {path}")
+    return 0
+
+
+def _render_result(console: Any, m: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    R = m.get("accuracy_matrix") or []
+    if R:
+        t = Table(title="accuracy matrix (row: after experience i, column: test on j)")
+        t.add_column("after")
+        for j in range(len(R[0])):
+            t.add_column(f"exp {j}", justify="right")
+        for i, row in enumerate(R):
+            t.add_row(str(i), *[f"{v:.3f}" for v in row])
+        console.print(t)
+    s = Table(title="results")
+    s.add_column("metric")
+    s.add_column("value", justify="right")
+    for key in ("final_avg_accuracy", "final_avg_accuracy_task_il", "avg_forgetting", "bwt",
+                "fwt", "prequential_accuracy", "avg_anytime_accuracy", "samples_seen",
+                "samples_per_second", "wall_time_s", "peak_rss_mb", "skipped_batches"):
+        if key in m and m[key] is not None:
+            s.add_row(key, _fmt(m[key]))
+    console.print(s)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lifelong.registry import KINDS, get_registry
+
+    reg = get_registry()
+    console = _console()
+    kinds = [args.kind] if args.kind else list(KINDS)
+    for kind in kinds:
+        t = Table(title=f"{kind}s")
+        t.add_column("name")
+        t.add_column("from")
+        t.add_column("parameters")
+        t.add_column("summary")
+        for e in reg.entries(kind):
+            params = ", ".join(f"{k}={p.default!r}" if p.default is not p.empty else k
+                               for k, p in e.parameters().items()
+                               if k not in ("input_shape", "num_classes"))
+            t.add_row(e.name, e.origin, params, e.summary)
+        console.print(t)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Strategies x streams x seeds, in-process; prints mean +- std per cell."""
+    from rich.table import Table
+
+    from lifelong.config import apply_overrides, load_yaml
+    from lifelong.run import run_config
+
+    console = _console(args.quiet)
+    base = apply_overrides(load_yaml(args.config), args.set or []) if args.config else {}
+    strategies = args.strategies.split(",")
+    streams = args.streams.split(",") if args.streams else [None]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: list[dict[str, Any]] = []
+    for stream in streams:
+        for strat in strategies:
+            accs, forg = [], []
+            for seed in seeds:
+                raw = dict(base)
+                if stream is not None:
+                    raw["stream"] = {**(base.get("stream") or {}), "name": stream}
+                raw.update({"strategy": strat, "seed": seed})
+                m = run_config(raw)
+                accs.append(m["final_avg_accuracy"] or 0.0)
+                forg.append(m["avg_forgetting"] or 0.0)
+            rows.append({"stream": stream or base.get("stream", {}).get("name"),
+                         "strategy": strat, "final_avg_accuracy": statistics.mean(accs),
+                         "std": statistics.pstdev(accs), "avg_forgetting": statistics.mean(forg)})
+    t = Table(title=f"benchmark ({len(seeds)} seeds)")
+    for col in ("stream", "strategy", "final_avg_accuracy", "std", "avg_forgetting"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*[_fmt(r[c]) for c in ("stream", "strategy", "final_avg_accuracy", "std",
+                                          "avg_forgetting")])
+    console.print(t)
+    if args.out:
+        check_out_dir(args.out)
+        (Path(args.out) / "bench.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Accuracy matrix heat map and accuracy-over-time curves from a metrics.json."""
+    path = Path(args.metrics)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no metrics.json there; run `lifelong run ... --out DIR` first")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg})") from exc
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    R = m.get("accuracy_matrix") or [[0.0]]
+    im = axes[0].imshow(R, vmin=0, vmax=1, cmap="viridis")
+    axes[0].set(title="accuracy matrix", xlabel="test on experience", ylabel="after experience")
+    fig.colorbar(im, ax=axes[0])
+    for key, label in (("prequential_windows", "prequential (windowed)"),
+                       ("anytime_accuracy", "anytime (held-out, seen classes)")):
+        pts = m.get(key) or []
+        if pts:
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+    for cp in m.get("true_change_points") or []:
+        axes[1].axvline(cp, color="grey", ls=":", lw=0.8)
+    for b in m.get("boundaries_detected") or []:
+        axes[1].axvline(b, color="red", ls="--", lw=0.8)
+    axes[1].set(title="accuracy over time", xlabel="samples seen", ylabel="accuracy", ylim=(0, 1))
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend()
+    out = Path(args.out) if args.out else path.with_name("metrics.png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _console().print(f"plot written to {out}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifelong", description="Continual learning on data streams.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one experiment from a YAML config")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--out", help="directory for metrics.json")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    r.set_defaults(func=cmd_run)
+    ls = sub.add_parser("list", help="list streams, backbones, plugins and strategies")
+    ls.add_argument("kind", nargs="?", choices=("stream", "backbone", "plugin", "strategy"))
+    ls.set_defaults(func=cmd_list)
+    b = sub.add_parser("bench", help="strategies x streams x seeds, in-process")
+    b.add_argument("--config", help="base YAML config")
+    b.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    b.add_argument("--streams", help="comma-separated stream names (default: the config's)")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--out")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    pl = sub.add_parser("plot", help="plot a metrics.json (accuracy matrix, curves) to PNG")
+    pl.add_argument("metrics", help="metrics.json or the run's --out directory")
+    pl.add_argument("--out", help="PNG path (default: next to metrics.json)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LifelongError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

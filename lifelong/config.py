@@ -1,0 +1,239 @@
+"""YAML -> a validated run configuration; every error names the bad key.
+
+A run config::
+
+    seed: 0
+    device: auto                  # auto | cpu | cuda | cuda:N
+    stream:   {name: split_mnist, n_experiences: 5}
+    backbone: {name: mlp, hidden: [256, 256]}
+    strategy: er                  # a preset name, or {name: er, mem_size: 200}
+    plugins:                      # more plugins, composed with the preset's
+      - {name: ewc, ewc_lambda: 100}
+    train: {batch_size: 10, epochs: 1, optimizer: sgd, lr: 0.1}
+    eval:  {every: 0, prequential: true, window: 100}
+
+YAML is read with ``yaml.safe_load`` (no object construction). Plugin,
+stream and backbone parameters are checked against the factory's keyword
+parameters: unknown names and wrong types are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lifelong.errors import ConfigError
+from lifelong.registry import Registry, get_registry
+
+TOP_KEYS = {"seed", "device", "stream", "backbone", "strategy", "plugins", "train", "eval",
+            "checkpoint", "name"}
+TRAIN_KEYS: dict[str, tuple[type, ...]] = {
+    "batch_size": (int,), "epochs": (int,), "optimizer": (str,), "lr": (float, int),
+    "momentum": (float, int), "weight_decay": (float, int), "nan_policy": (str,),
+    "check_every": (int,), "detect_in_task_aware": (bool,),
+}
+EVAL_KEYS: dict[str, tuple[type, ...]] = {
+    "every": (int,), "prequential": (bool,), "window": (int,), "matrix": (bool,),
+}
+CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
+    "every": (int,), "every_seconds": (float, int), "dir": (str,),
+}
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "backbone": {"name": "mlp"},
+    "strategy": None,
+    "plugins": [],
+    "train": {"batch_size": 10, "epochs": 1, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
+              "weight_decay": 0.0, "nan_policy": "raise"},
+    "eval": {"every": 0, "prequential": True, "window": 100, "matrix": True},
+    "checkpoint": {},
+}
+INJECTED = {"input_shape", "num_classes"}  # filled by the run, not by the user
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run config safely; a missing file or bad YAML is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars/lists)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.05")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
+        parts = key.strip().split(".")
+        node: Any = cfg
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, part, parts[: i + 1])
+                continue
+            if part == "strategy" and isinstance(node.get(part), str):
+                node[part] = {"name": node[part]}
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a mapping")
+        if isinstance(node, list):
+            idx = _index(parts[-1], parts)
+            if idx >= len(node):
+                raise ConfigError(f"--set {key}: index {idx} is out of range")
+            node[idx] = value
+        else:
+            node[parts[-1]] = value
+    return cfg
+
+
+def _index(part: str, parts: list[str]) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"--set {'.'.join(parts)}: {part!r} must be a list index")
+    return int(part)
+
+
+def _list_item(node: list[Any], part: str, parts: list[str]) -> Any:
+    idx = _index(part, parts)
+    if idx >= len(node):
+        raise ConfigError(f"--set {'.'.join(parts)}: index {idx} is out of range")
+    return node[idx]
+
+
+def _type_ok(value: Any, annotation: Any, default: Any) -> bool:
+    """Loose check of a YAML value against a factory parameter's annotation/default."""
+    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
+                                                                   str(annotation))
+    if value is None:
+        return "None" in ann or default is None
+    if ann in ("", "_empty", "Any") or annotation is inspect.Parameter.empty:
+        if default is None or default is inspect.Parameter.empty:
+            return True
+        return _type_ok(value, type(default).__name__, None)
+    allowed: list[type] = []
+    for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str),
+                    ("list", list), ("tuple", list), ("Sequence", list), ("dict", dict)):
+        if name in ann:
+            allowed.append(t)
+    if "float" in ann:
+        allowed.append(int)
+    if not allowed:
+        return True
+    if isinstance(value, bool) and bool not in allowed:
+        return False
+    return isinstance(value, tuple(allowed))
+
+
+def check_params(kind: str, name: str, params: dict[str, Any], registry: Registry,
+                 where: str) -> dict[str, Any]:
+    """Check ``params`` against the registered factory's keyword parameters."""
+    entry = registry.get(kind, name)
+    accepted = {k: p for k, p in entry.parameters().items() if k not in INJECTED}
+    for key, value in params.items():
+        if key not in accepted:
+            allowed = ", ".join(sorted(accepted)) or "none"
+            raise ConfigError(f"{where}.{key}: unknown parameter of {kind} {name!r}; "
+                              f"allowed: {allowed}")
+        p = accepted[key]
+        if not _type_ok(value, p.annotation, p.default):
+            ann = p.annotation if isinstance(p.annotation, str) else getattr(
+                p.annotation, "__name__", str(p.annotation))
+            raise ConfigError(f"{where}.{key}: expected {ann}, got {type(value).__name__} "
+                              f"{value!r}")
+    missing = [k for k, p in accepted.items()
+               if p.default is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise ConfigError(f"{where}: {kind} {name!r} needs {', '.join(missing)}")
+    return params
+
+
+def _named(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, dict):
+        if "name" not in value:
+            raise ConfigError(f"{where}: missing 'name'")
+        if not isinstance(value["name"], str):
+            raise ConfigError(f"{where}.name: expected a string, got {value['name']!r}")
+        rest = {k: v for k, v in value.items() if k != "name"}
+        return value["name"], rest
+    raise ConfigError(f"{where}: expected a name or a mapping with 'name', got "
+                      f"{type(value).__name__}")
+
+
+def _check_section(cfg: dict[str, Any], key: str, allowed: dict[str, tuple[type, ...]]) -> None:
+    section = cfg.get(key)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(section).__name__}")
+    for k, v in section.items():
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k}: unknown key; allowed: {', '.join(sorted(allowed))}")
+        types = allowed[k]
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{key}.{k}: expected {names}, got {type(v).__name__} {v!r}")
+
+
+def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """Validate ``raw`` and fill in defaults; returns the resolved config (plain data)."""
+    reg = registry or get_registry()
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    if "stream" not in raw:
+        raise ConfigError("stream: missing; name a stream, e.g. stream: {name: split_mnist} "
+                          "(see `lifelong list`)")
+    cfg: dict[str, Any] = copy.deepcopy(DEFAULTS)
+    for k, v in raw.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k not in ("backbone",):
+            cfg[k] = {**cfg[k], **copy.deepcopy(v)}
+        else:
+            cfg[k] = copy.deepcopy(v)
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
+        raise ConfigError(f"seed: expected int, got {cfg['seed']!r}")
+    if not isinstance(cfg["device"], str):
+        raise ConfigError(f"device: expected a string (auto, cpu, cuda), got {cfg['device']!r}")
+    for key, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS),
+                         ("checkpoint", CHECKPOINT_KEYS)):
+        _check_section(cfg, key, allowed)
+
+    name, params = _named(cfg["stream"], "stream")
+    cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream")}
+    name, params = _named(cfg["backbone"], "backbone")
+    cfg["backbone"] = {"name": name, **check_params("backbone", name, params, reg, "backbone")}
+    if cfg["strategy"] is not None:
+        name, params = _named(cfg["strategy"], "strategy")
+        cfg["strategy"] = {"name": name,
+                           **check_params("strategy", name, params, reg, "strategy")}
+    if not isinstance(cfg["plugins"], list):
+        raise ConfigError(f"plugins: expected a list, got {type(cfg['plugins']).__name__}")
+    plugins = []
+    for i, item in enumerate(cfg["plugins"]):
+        name, params = _named(item, f"plugins[{i}]")
+        plugins.append({"name": name, **check_params("plugin", name, params, reg,
+                                                     f"plugins[{i}] ({name})")})
+    cfg["plugins"] = plugins
+    return cfg

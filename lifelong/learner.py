@@ -1,0 +1,594 @@
+"""The event-driven learner: one model, one optimizer, a list of plugins.
+
+One training step (see DESIGN.md)::
+
+    replay  = hooks.replay_batch(step)          # collected, concatenated
+    logits  = model(x [, task])                 # one forward for all
+    losses  = {"ce": ...} | hooks.loss_terms()   # collected, names unique
+    loss    = hooks.combine_losses(losses) or sum(losses)
+    loss.backward(); hooks.before_update(); optimizer.step(); hooks.after_update()
+    hooks.detect_boundary()                     # task-free boundaries
+
+The learner checks the composition of its plugins when a run is assembled
+(before the first batch): two deciders, two owners of the gradient stage,
+or a plugin whose needs the stream cannot meet are a
+:class:`~lifelong.errors.CompositionError`, never a warning mid-run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lifelong import hookspecs
+from lifelong.errors import CompositionError, ConfigError, DataError, NonFiniteLossError
+from lifelong.stream.base import Batch, EvalSet, Experience, Stream
+
+__all__ = ["Learner", "Step", "EvalReport", "resolve_device", "HookFacade"]
+
+NAN_POLICIES = ("raise", "skip")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} asked for, but CUDA is not available here; "
+                          "use device: auto or cpu")
+    return dev
+
+
+class Step:
+    """Per-step scratch shared by the hooks of one training step.
+
+    ``batch`` is the stream batch on the learner's device; after the forward
+    pass ``logits`` holds the stream rows first (``n_stream`` of them) and then
+    each replay batch's rows. ``losses`` maps term names to scalars.
+    ``scratch`` is per-plugin storage: use your own key.
+    """
+
+    __slots__ = ("index", "batch", "experience", "n_stream", "logits", "losses", "loss",
+                 "replays", "_owners", "scratch")
+
+    def __init__(self, index: int, batch: Batch, experience: Experience | None) -> None:
+        self.index = index
+        self.batch = batch
+        self.experience = experience
+        self.n_stream = len(batch)
+        self.logits: Tensor | None = None
+        self.losses: dict[str, Tensor] = {}
+        self.loss: Tensor | None = None
+        self.replays: list[Batch] = []
+        self._owners: list[tuple[Any, slice]] = []
+        self.scratch: dict[str, Any] = {}
+
+    @property
+    def stream_logits(self) -> Tensor:
+        assert self.logits is not None
+        return self.logits[: self.n_stream]
+
+    def _slice_of(self, plugin: Any) -> slice | None:
+        for owner, sl in self._owners:
+            if owner is plugin:
+                return sl
+        return None
+
+    def logits_of(self, plugin: Any) -> Tensor | None:
+        """Logits of the replay rows contributed by ``plugin`` (``None`` if it gave none)."""
+        sl = self._slice_of(plugin)
+        return None if sl is None or self.logits is None else self.logits[sl]
+
+    def replay_of(self, plugin: Any) -> Batch | None:
+        """The replay batch ``plugin`` contributed this step, if any."""
+        for (owner, _), b in zip(self._owners, self.replays):
+            if owner is plugin:
+                return b
+        return None
+
+
+@dataclass
+class EvalReport:
+    """Accuracies on held-out data at one moment of the run.
+
+    ``class_il[j]`` / ``task_il[j]``: accuracy on evaluation set j without /
+    with the logits masked to that experience's classes. ``kind`` is
+    ``"initial"`` (before training), ``"experience_end"`` (after the stream's
+    experience ``experience_index``) or ``"anytime"``.
+    """
+
+    kind: str
+    class_il: list[float]
+    task_il: list[float]
+    samples_seen: int
+    step: int
+    experience_index: int | None = None
+    eval_sets: Sequence[EvalSet] = field(default_factory=list, repr=False)
+
+
+class HookFacade:
+    """Typed calls into the plugin manager; skips hooks nobody implements."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        h = pm.hook
+        self._h = h
+        self.has = {name: bool(getattr(h, name).get_hookimpls())
+                    for name in ("replay_batch", "loss_terms", "combine_losses", "before_update",
+                                 "after_update", "detect_boundary", "expand_model", "after_eval")}
+
+    def before_training(self, learner: Learner, stream: Stream) -> None:
+        self._h.before_training(learner=learner, stream=stream)
+
+    def after_training(self, learner: Learner) -> None:
+        self._h.after_training(learner=learner)
+
+    def before_experience(self, learner: Learner, experience: Experience | None) -> None:
+        self._h.before_experience(learner=learner, experience=experience)
+
+    def after_experience(self, learner: Learner, experience: Experience | None) -> None:
+        self._h.after_experience(learner=learner, experience=experience)
+
+    def expand_model(self, learner: Learner, experience: Experience | None) -> nn.Module | None:
+        if not self.has["expand_model"]:
+            return None
+        return self._h.expand_model(learner=learner, experience=experience)
+
+    def replay_batch(self, learner: Learner, step: Step) -> list[tuple[Any, Batch]]:
+        """(plugin, batch) pairs, so each plugin can find its own rows later."""
+        out = []
+        for impl in self._h.replay_batch.get_hookimpls():
+            args = {"learner": learner, "step": step}
+            b = impl.function(*[args[a] for a in impl.argnames])
+            if b is not None:
+                out.append((impl.plugin, b))
+        return out
+
+    def loss_terms(self, learner: Learner, step: Step) -> list[dict[str, Tensor]]:
+        return self._h.loss_terms(learner=learner, step=step)
+
+    def combine_losses(self, learner: Learner, step: Step, losses: dict[str, Tensor]) -> Tensor | None:
+        return self._h.combine_losses(learner=learner, step=step, losses=losses)
+
+    def before_update(self, learner: Learner, step: Step) -> None:
+        self._h.before_update(learner=learner, step=step)
+
+    def after_update(self, learner: Learner, step: Step) -> None:
+        self._h.after_update(learner=learner, step=step)
+
+    def detect_boundary(self, learner: Learner, step: Step) -> bool:
+        return any(v for v in self._h.detect_boundary(learner=learner, step=step))
+
+    def after_eval(self, learner: Learner, report: EvalReport) -> None:
+        self._h.after_eval(learner=learner, report=report)
+
+
+class Learner:
+    """Trains ``model`` on a stream, letting ``plugins`` contribute at each event.
+
+    :param model: the backbone (``nn.Module``). If it has ``task_conditioned =
+        True`` it is called as ``model(x, task)``.
+    :param plugins: plugin instances (objects with ``@hookimpl`` methods).
+    :param optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or a callable
+        ``params -> torch.optim.Optimizer``.
+    :param lr, momentum, weight_decay: optimizer settings.
+    :param batch_size: stream batch size (online learning: small, one epoch).
+    :param epochs: passes over each experience.
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    :param seed: seeds the model init (if built here), the shuffles and the plugins.
+    :param nan_policy: ``"raise"`` (stop, naming the batch) or ``"skip"`` (drop the
+        update, count it in ``learner.skipped_batches``).
+    :param check_every: steps between non-finite-loss checks that sync with the
+        device (1 on CPU; on CUDA a larger value avoids per-step host syncs).
+    :param detect_in_task_aware: also ask ``detect_boundary`` in task-aware streams.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        plugins: Iterable[Any] = (),
+        optimizer: str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        batch_size: int = 10,
+        epochs: int = 1,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        nan_policy: str = "raise",
+        check_every: int | None = None,
+        detect_in_task_aware: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {batch_size}")
+        if epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {epochs}")
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"train.nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"train.lr must be a positive number, got {lr}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.plugins = list(plugins)
+        self.optimizer_spec = optimizer
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.batch_size, self.epochs = batch_size, epochs
+        self.seed = seed
+        self.nan_policy = nan_policy
+        self.check_every = check_every or (1 if self.device.type == "cpu" else 100)
+        self.detect_in_task_aware = detect_in_task_aware
+        self.optimizer = self._make_optimizer()
+        self.pm = pluggy.PluginManager("lifelong")
+        self.pm.add_hookspecs(hookspecs)
+        for i, p in enumerate(self.plugins):
+            self.pm.register(p, name=f"{i}:{plugin_name(p)}")
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise CompositionError(f"plugin {exc.plugin!r}: {exc}") from exc
+        self._check_composition()
+        self.hooks = HookFacade(self.pm)
+        # run state (part of a checkpoint)
+        self.step_index = 0
+        self.samples_seen = 0
+        self.experience_index = 0
+        self.batch_in_experience = 0
+        self._stop_after: int | None = None
+        self.skipped_batches = 0
+        self.boundaries_detected: list[int] = []
+        self.eval_time_s = 0.0
+        self.stream: Stream | None = None
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
+
+    # ------------------------------------------------------------------ assembly
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        spec = self.optimizer_spec
+        if callable(spec):
+            return spec(params)
+        if spec == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay)
+        cls = torch.optim.Adam if spec == "adam" else torch.optim.AdamW
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _check_composition(self) -> None:
+        for hook in ("combine_losses", "expand_model"):
+            impls = getattr(self.pm.hook, hook).get_hookimpls()
+            if len(impls) > 1:
+                names = ", ".join(plugin_name(i.plugin) for i in impls)
+                raise CompositionError(f"plugins {names} all decide {hook!r}; only one plugin "
+                                       f"may implement it in a run: remove all but one")
+        owners: dict[str, list[str]] = {}
+        for p in self.plugins:
+            for stage in getattr(p, "owns", ()):
+                owners.setdefault(stage, []).append(plugin_name(p))
+        for stage, names in owners.items():
+            if len(names) > 1:
+                raise CompositionError(f"plugins {', '.join(names)} all own the {stage} stage; "
+                                       "they cannot compose: keep one of them")
+
+    def _check_stream(self, stream: Stream) -> None:
+        detectors = [plugin_name(i.plugin) for i in self.pm.hook.detect_boundary.get_hookimpls()]
+        for p in self.plugins:
+            needs = set(getattr(p, "requires", ()))
+            name = plugin_name(p)
+            if "boundaries" in needs and not stream.task_aware and not detectors:
+                raise CompositionError(
+                    f"plugin {name!r} needs experience boundaries, but stream {stream.name!r} is "
+                    "task-free and no boundary detector is configured: add one (e.g. plugin "
+                    "'every_n' or a drift detector) or use a method that needs none")
+            if "task_labels" in needs and not stream.task_labels:
+                raise CompositionError(f"plugin {name!r} needs task labels, but stream "
+                                       f"{stream.name!r} gives none (set task_labels: true)")
+        # one dry forward: input shape and head size are checked before the first batch
+        for exp in stream.test[:1]:
+            x = exp.x[:1].to(self.device)
+            try:
+                with torch.no_grad():
+                    was = self.model.training
+                    self.model.eval()
+                    out = self.forward(x, self._task_of(exp, 1))
+                    self.model.train(was)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} from "
+                                f"stream {stream.name!r}: {str(exc).splitlines()[0]}") from exc
+            if out.dim() != 2 or out.shape[1] < stream.num_classes:
+                raise DataError(f"the model outputs shape {tuple(out.shape)} but stream "
+                                f"{stream.name!r} has {stream.num_classes} classes; size the head "
+                                f"to num_classes={stream.num_classes}")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
+        """The model's logits (task-conditioned models also get the task ids)."""
+        if self._task_conditioned:
+            return self.model(x, task)
+        return self.model(x)
+
+    def _task_of(self, eval_set: EvalSet, n: int) -> Tensor | None:
+        if not self._task_conditioned:
+            return None
+        tid = eval_set.task_id if eval_set.task_id is not None else 0
+        return torch.full((n,), tid, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, stream: Stream, *, progress: Callable[[int], None] | None = None,
+            evaluate: bool = True, state: dict[str, Any] | None = None,
+            stop_after: int | None = None) -> Learner:
+        """Train on every experience of ``stream``; evaluate after each one.
+
+        :param progress: called with the number of samples of each batch.
+        :param state: a :meth:`state_dict` to resume from: the run continues at the
+            exact batch where that state was taken.
+        :param stop_after: return (without closing the experience) once this many
+            steps have been taken in total; the state can then be saved and resumed.
+        """
+        self.begin(stream, evaluate=evaluate and state is None)
+        if state is not None:
+            self.load_state_dict(state)
+        self._stop_after = stop_after
+        for i, exp in enumerate(stream.experiences()):
+            if i < self.experience_index:
+                continue
+            try:
+                self.train_experience(exp, progress=progress, start=self.batch_in_experience)
+            except _StopRun:
+                return self
+            if evaluate and stream.test:
+                self.evaluate(kind="experience_end")
+            self.experience_index += 1
+            self.batch_in_experience = 0
+        self.end()
+        return self
+
+    def begin(self, stream: Stream, *, evaluate: bool = True) -> None:
+        """Assemble the run on ``stream``: checks, ``before_training``, baseline eval."""
+        self.stream = stream
+        self._check_stream(stream)
+        torch.manual_seed(self.seed)
+        self.hooks.before_training(self, stream)
+        if evaluate and stream.test and self.step_index == 0:
+            self.evaluate(kind="initial")
+
+    def end(self) -> None:
+        self._check_nonfinite(force=True)
+        self.hooks.after_training(self)
+
+    def _announce(self) -> bool:
+        assert self.stream is not None
+        return self.stream.task_aware
+
+    def train_experience(self, experience: Experience, *, progress: Callable[[int], None] | None = None,
+                         start: int = 0) -> None:
+        """Train on one experience (from batch ``start`` on, when resuming)."""
+        announce = self._announce()
+        if start == 0 and (announce or self.experience_index == 0):
+            self.start_experience(experience if announce else None)
+        batches = experience.batches(self.batch_size, epochs=self.epochs,
+                                     seed=self.seed, start=start)
+        stop = self._stop_after
+        for batch in batches:
+            if stop is not None and self.step_index >= stop:
+                raise _StopRun
+            self.train_batch(batch, experience)
+            self.batch_in_experience += 1
+            if progress is not None:
+                progress(len(batch))
+        if announce or self._is_last(experience):
+            self.end_experience(experience if announce else None)
+
+    def _is_last(self, experience: Experience) -> bool:
+        n = self.stream.n_experiences if self.stream is not None else None
+        return n is not None and experience.id == n - 1
+
+    def start_experience(self, experience: Experience | None) -> None:
+        self.hooks.before_experience(self, experience)
+        new = self.hooks.expand_model(self, experience)
+        if new is not None:
+            self.model = new.to(self.device)
+            self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
+            self.optimizer = self._make_optimizer()
+
+    def end_experience(self, experience: Experience | None) -> None:
+        self.hooks.after_experience(self, experience)
+
+    def train_batch(self, batch: Batch, experience: Experience | None = None) -> Step:
+        """One training step on ``batch`` (CPU or device tensors)."""
+        dev = self.device
+        if batch.x.device != dev:
+            batch = batch.to(dev, non_blocking=True)
+        hooks = self.hooks
+        step = Step(self.step_index, batch, experience)
+        x, y, task = batch.x, batch.y, batch.task
+        if hooks.has["replay_batch"]:
+            pairs = hooks.replay_batch(self, step)
+            if pairs:
+                x, task = self._concat_replay(step, pairs)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.forward(x, task)
+        step.logits = logits
+        ce = F.cross_entropy(logits[: step.n_stream] if step.replays else logits, y)
+        losses = step.losses
+        losses["ce"] = ce
+        if hooks.has["loss_terms"]:
+            for terms in hooks.loss_terms(self, step):
+                for k, v in (terms or {}).items():
+                    if k in losses:
+                        raise CompositionError(f"two plugins contribute a loss term named {k!r}; "
+                                               "term names must be unique")
+                    losses[k] = v
+        loss = hooks.combine_losses(self, step, losses) if hooks.has["combine_losses"] else None
+        if loss is None:
+            loss = ce
+            if len(losses) > 1:
+                loss = sum(losses.values())  # type: ignore[assignment]
+        step.loss = loss
+        loss.backward()
+        if hooks.has["before_update"]:
+            hooks.before_update(self, step)
+        if self._loss_ok(loss):
+            self.optimizer.step()
+            if hooks.has["after_update"]:
+                hooks.after_update(self, step)
+        self.samples_seen += step.n_stream
+        self.step_index += 1
+        if hooks.has["detect_boundary"] and (not self._announce() or self.detect_in_task_aware):
+            if hooks.detect_boundary(self, step):
+                self.boundaries_detected.append(self.samples_seen)
+                self.end_experience(None)
+                self.start_experience(None)
+        return step
+
+    def _concat_replay(self, step: Step, pairs: list[tuple[Any, Batch]]) -> tuple[Tensor, Tensor | None]:
+        xs, tasks = [step.batch.x], [step.batch.task]
+        start = step.n_stream
+        for plugin, b in pairs:
+            if b.x.shape[1:] != step.batch.x.shape[1:]:
+                raise DataError(f"plugin {plugin_name(plugin)!r} replays inputs of shape "
+                                f"{tuple(b.x.shape[1:])}, the stream has {tuple(step.batch.x.shape[1:])}")
+            if b.x.device != self.device:
+                b = b.to(self.device)
+            step.replays.append(b)
+            step._owners.append((plugin, slice(start, start + len(b))))
+            start += len(b)
+            xs.append(b.x)
+            tasks.append(b.task)
+        task = None
+        if self._task_conditioned:
+            task = torch.cat([t if t is not None else torch.zeros(len(x_), dtype=torch.long,
+                                                                 device=self.device)
+                              for t, x_ in zip(tasks, xs)])
+        return torch.cat(xs), task
+
+    def _loss_ok(self, loss: Tensor) -> bool:
+        """Non-finite loss handling; syncs with the device only every ``check_every`` steps."""
+        if self.nan_policy == "skip" or self.check_every == 1:
+            if bool(torch.isfinite(loss)):
+                return True
+            if self.nan_policy == "skip":
+                self.skipped_batches += 1
+                return False
+            self._raise_nonfinite(self.step_index, loss)
+        bad = ~torch.isfinite(loss.detach())
+        self._bad_step = torch.where(bad & (self._bad_step < 0), self.step_index, self._bad_step)
+        self._check_nonfinite()
+        return True
+
+    def _check_nonfinite(self, force: bool = False) -> None:
+        if self.check_every == 1 and not force:
+            return
+        if force or self.step_index % self.check_every == 0:
+            bad = int(self._bad_step)
+            if bad >= 0:
+                self._raise_nonfinite(bad, None)
+
+    def _raise_nonfinite(self, index: int, loss: Tensor | None) -> None:
+        del loss
+        raise NonFiniteLossError(f"the training loss is NaN or infinite at batch {index} "
+                                 f"(experience {self.experience_index}); lower the "
+                                 "learning rate, check the inputs, or set train.nan_policy: skip")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, eval_sets: Sequence[EvalSet] | None = None, *, kind: str = "anytime",
+                 batch_size: int = 1000) -> EvalReport:
+        """Accuracy on each evaluation set, Class-IL and Task-IL, from one forward pass each."""
+        if eval_sets is None:
+            eval_sets = self.stream.test if self.stream is not None else []
+        t0 = time.perf_counter()
+        was = self.model.training
+        self.model.eval()
+        class_il, task_il = [], []
+        for es in eval_sets:
+            correct_c = torch.zeros((), dtype=torch.long, device=self.device)
+            correct_t = torch.zeros((), dtype=torch.long, device=self.device)
+            mask = None
+            for i in range(0, len(es), batch_size):
+                x = es.x[i:i + batch_size].to(self.device, non_blocking=True)
+                y = es.y[i:i + batch_size].to(self.device, non_blocking=True)
+                logits = self.forward(x, self._task_of(es, len(y)))
+                correct_c += (logits.argmax(1) == y).sum()
+                if mask is None:
+                    mask = torch.full((logits.shape[1],), float("-inf"), device=self.device)
+                    mask[list(es.classes)] = 0.0
+                correct_t += ((logits + mask).argmax(1) == y).sum()
+            class_il.append(correct_c)
+            task_il.append(correct_t)
+        counts = torch.stack(class_il + task_il).tolist() if eval_sets else []
+        k = len(eval_sets)
+        sizes = [max(len(es), 1) for es in eval_sets]
+        report = EvalReport(
+            kind=kind,
+            class_il=[c / n for c, n in zip(counts[:k], sizes)],
+            task_il=[c / n for c, n in zip(counts[k:], sizes)],
+            samples_seen=self.samples_seen,
+            step=self.step_index,
+            experience_index=self.experience_index if kind == "experience_end" else None,
+            eval_sets=eval_sets,
+        )
+        self.model.train(was)
+        self.eval_time_s += time.perf_counter() - t0
+        if self.hooks.has["after_eval"]:
+            self.hooks.after_eval(self, report)
+        return report
+
+    # ------------------------------------------------------------------ state
+    def plugin_states(self) -> dict[str, Any]:
+        return {f"{i}:{plugin_name(p)}": p.state_dict() for i, p in enumerate(self.plugins)
+                if hasattr(p, "state_dict")}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, every plugin's state and the run counters."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "plugins": self.plugin_states(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "counters": {"step_index": self.step_index, "samples_seen": self.samples_seen,
+                         "experience_index": self.experience_index,
+                         "batch_in_experience": self.batch_in_experience,
+                         "skipped_batches": self.skipped_batches,
+                         "boundaries_detected": list(self.boundaries_detected)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        for i, p in enumerate(self.plugins):
+            key = f"{i}:{plugin_name(p)}"
+            if hasattr(p, "load_state_dict") and key in state["plugins"]:
+                p.load_state_dict(state["plugins"][key])
+        c = state["counters"]
+        self.step_index, self.samples_seen = c["step_index"], c["samples_seen"]
+        self.experience_index, self.skipped_batches = c["experience_index"], c["skipped_batches"]
+        self.batch_in_experience = c["batch_in_experience"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.boundaries_detected = list(c["boundaries_detected"])
+
+
+class _StopRun(Exception):
+    """Raised inside the loop when ``stop_after`` steps are reached."""
+
+
+def plugin_name(plugin: Any) -> str:
+    """A plugin's display name: its ``name`` attribute, else its class name."""
+    return getattr(plugin, "name", None) or type(plugin).__name__
+

@@ -1,0 +1,151 @@
+"""Assemble a run from a resolved config and execute it.
+
+``build`` turns config data into objects (stream, backbone, plugins,
+learner) and fails before the first batch if anything does not fit;
+``execute`` trains, evaluates, and returns the metrics dictionary that
+``lifelong run`` writes to ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifelong.config import resolve
+from lifelong.errors import ConfigError, LifelongError
+from lifelong.learner import Learner, plugin_name
+from lifelong.plugins.evaluation import AccuracyMatrix, AnytimeAccuracy, Prequential, Resources
+from lifelong.registry import Registry, get_registry
+from lifelong.stream.base import Stream
+from lifelong.stream.transforms import TRANSFORMS
+
+__all__ = ["Run", "build", "execute", "run_config", "make_plugin"]
+
+
+@dataclass
+class Run:
+    """Everything one experiment is made of."""
+
+    config: dict[str, Any]
+    stream: Stream
+    learner: Learner
+    plugins: list[Any] = field(default_factory=list)
+
+
+def make_plugin(name: str, params: dict[str, Any], *, seed: int,
+                registry: Registry | None = None) -> Any:
+    """Instantiate a registered plugin; a ``seed`` parameter not set is derived from the run's."""
+    entry = (registry or get_registry()).get("plugin", name)
+    params = dict(params)
+    if "seed" in entry.parameters() and "seed" not in params:
+        params["seed"] = seed
+    try:
+        return entry.factory(**params)
+    except LifelongError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"plugin {name!r}: {exc}") from exc
+
+
+def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
+    """Validate ``raw`` and build the stream, model, plugins and learner."""
+    reg = registry or get_registry()
+    cfg = resolve(raw, reg)
+    seed = cfg["seed"]
+
+    sparams = {k: v for k, v in cfg["stream"].items() if k != "name"}
+    sentry = reg.get("stream", cfg["stream"]["name"])
+    if "seed" in sentry.parameters() and "seed" not in sparams:
+        sparams["seed"] = seed
+    stream: Stream = sentry.factory(**sparams)
+
+    specs: list[dict[str, Any]] = []
+    train = dict(cfg["train"])
+    if cfg["strategy"] is not None:
+        sp = {k: v for k, v in cfg["strategy"].items() if k != "name"}
+        strategy = reg.get("strategy", cfg["strategy"]["name"]).factory(**sp)
+        specs.extend(strategy.plugins)
+        user_train = (raw.get("train") or {}) if isinstance(raw.get("train"), dict) else {}
+        train.update({k: v for k, v in strategy.train.items() if k not in user_train})
+        if strategy.stream_transform:
+            stream = TRANSFORMS[strategy.stream_transform](stream)
+    specs.extend(cfg["plugins"])
+
+    bparams = {k: v for k, v in cfg["backbone"].items() if k != "name"}
+    torch.manual_seed(seed)
+    model = reg.get("backbone", cfg["backbone"]["name"]).factory(
+        input_shape=stream.input_shape, num_classes=stream.num_classes, **bparams)
+
+    plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"},
+                           seed=seed, registry=reg) for s in specs]
+    ev = cfg["eval"]
+    observers: list[Any] = [Resources()]
+    if ev.get("matrix", True):
+        observers.append(AccuracyMatrix())
+    if ev.get("prequential", True):
+        observers.append(Prequential(window=ev.get("window", 100)))
+    if ev.get("every", 0):
+        observers.append(AnytimeAccuracy(every=ev["every"]))
+    learner = Learner(
+        model, plugins=plugins + observers, optimizer=train["optimizer"], lr=float(train["lr"]),
+        momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),
+        batch_size=train["batch_size"], epochs=train["epochs"], device=cfg["device"], seed=seed,
+        nan_policy=train["nan_policy"], check_every=train.get("check_every"),
+        detect_in_task_aware=train.get("detect_in_task_aware", False),
+    )
+    cfg["train"] = train
+    return Run(cfg, stream, learner, plugins)
+
+
+def collect_metrics(run: Run) -> dict[str, Any]:
+    """Merge every plugin's ``summary()`` with the run's description."""
+    out: dict[str, Any] = {}
+    for p in run.learner.plugins:
+        if hasattr(p, "summary"):
+            out.update(p.summary())
+    lr = run.learner
+    out.update({
+        "skipped_batches": lr.skipped_batches,
+        "boundaries_detected": lr.boundaries_detected,
+        "true_change_points": run.stream.change_points,
+        "stream": repr(run.stream),
+        "plugins": [plugin_name(p) for p in run.plugins],
+        "device": str(lr.device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "config": run.config,
+    })
+    return out
+
+
+def execute(run: Run, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train on the whole stream and return the metrics."""
+    run.learner.fit(run.stream, progress=progress)
+    return collect_metrics(run)
+
+
+def write_metrics(metrics: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``metrics.json`` atomically into ``out_dir``."""
+    path = Path(out_dir) / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def run_config(raw: dict[str, Any], *, out_dir: str | None = None,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Build, execute and (if ``out_dir``) write ``metrics.json``; returns the metrics."""
+    run = build(raw)
+    metrics = execute(run, progress=progress)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_metrics(metrics, out_dir)
+    return metrics

@@ -1,0 +1,265 @@
+"""The contract every registered plugin and strategy meets.
+
+``tests/test_contract.py`` runs :func:`plugin_checks` on every plugin and
+:func:`strategy_checks` on every strategy found in the registry (built-in
+or installed), so a new method is checked the moment it is registered.
+Third-party authors can do the same::
+
+    from lifelong.testing import check_plugin
+    check_plugin(MyPlugin)          # raises AssertionError naming the failed check
+
+Checks: hooks match the specs; parameters are stored as given; a short run
+on a small class-incremental stream works and composes with the evaluation
+plugins; the same seed gives bit-identical weights; inputs are not
+mutated; a batch of one works; ``state_dict`` survives ``torch.save`` /
+``torch.load(weights_only=True)`` and pickling; a run stopped mid-experience
+and resumed from its state ends with exactly the weights of an
+uninterrupted run; the plugin's declared needs (``requires``) are enforced.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lifelong.backbones import mlp
+from lifelong.errors import CompositionError
+from lifelong.learner import Learner
+from lifelong.plugins.evaluation import AccuracyMatrix, Prequential
+from lifelong.registry import Registry, get_registry
+from lifelong.stream.base import Stream
+from lifelong.stream.synthetic import blobs
+from lifelong.stream.transforms import TRANSFORMS
+
+Factory = Callable[[], Any]
+
+__all__ = ["tiny_stream", "make_learner", "check_plugin", "check_strategy", "plugin_checks",
+           "strategy_checks", "assert_same_state"]
+
+
+def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
+                n_per_class: int = 24) -> Stream:
+    """Three experiences of two Gaussian classes each: the contract's stream."""
+    return blobs(n_experiences=3, classes_per_experience=2, n_per_class=n_per_class,
+                 n_test_per_class=10, task_aware=task_aware, task_labels=task_labels, seed=seed)
+
+
+def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
+                 **kwargs: Any) -> Learner:
+    """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix."""
+    torch.manual_seed(seed)
+    model = mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[32])
+    return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],
+                   device="cpu", seed=seed, batch_size=batch_size, lr=0.05, **kwargs)
+
+
+def assert_same_state(a: Any, b: Any, path: str = "state") -> None:
+    """Recursive equality for nested dicts/lists/tuples of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), f"{path}: tensor vs {type(b).__name__}"
+        assert a.shape == b.shape and a.dtype == b.dtype, f"{path}: {a.shape}/{a.dtype} vs " \
+            f"{b.shape}/{b.dtype}"
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.allclose(
+            a, b, equal_nan=True, atol=0, rtol=0)), f"{path}: tensors differ"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
+
+
+def _needs(factory: Factory) -> set[str]:
+    return set(getattr(factory(), "requires", ()))
+
+
+def _stream_for(factory: Factory, **kw: Any) -> Stream:
+    needs = _needs(factory)
+    return tiny_stream(task_labels="task_labels" in needs, **kw)
+
+
+def _weights(learner: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+
+
+def _roundtrip(obj: Any) -> Any:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_hooks_match_specs(factory: Factory) -> None:
+    plugin = factory()
+    learner = make_learner([plugin], _stream_for(factory))  # raises on unknown hooks
+    impls = [i for h in learner.pm.hook.__dict__.values() if hasattr(h, "get_hookimpls")
+             for i in h.get_hookimpls() if i.plugin is plugin]
+    assert impls, f"{type(plugin).__name__} implements no hook"
+
+
+def check_params_stored(factory: Factory) -> None:
+    plugin = factory()
+    cls = type(plugin)
+    sig = inspect.signature(cls.__init__)
+    for name, p in sig.parameters.items():
+        if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"
+        if p.default is not p.empty and not callable(p.default):
+            got = getattr(plugin, name)
+            assert got == p.default or got is p.default, (
+                f"{cls.__name__}.{name} is {got!r}, the default given was {p.default!r}: "
+                "store parameters as given, derive state in hooks")
+
+
+def check_runs_and_composes(factory: Factory) -> None:
+    stream = _stream_for(factory)
+    learner = make_learner([factory()], stream)
+    learner.fit(stream)
+    acc = learner.plugins[-2].summary()["final_avg_accuracy"]
+    assert acc is not None and 0.0 <= acc <= 1.0
+    for p in learner.model.parameters():
+        assert torch.isfinite(p).all(), "weights became non-finite"
+
+
+def check_deterministic(factory: Factory) -> None:
+    runs = []
+    for _ in range(2):
+        stream = _stream_for(factory)
+        learner = make_learner([factory()], stream)
+        learner.fit(stream)
+        runs.append(_weights(learner))
+    assert_same_state(runs[0], runs[1], "weights (same seed, two runs)")
+
+
+def check_inputs_not_mutated(factory: Factory) -> None:
+    stream = _stream_for(factory)
+    before = [(e.x.clone(), e.y.clone()) for e in stream.experiences()]
+    tests = [(t.x.clone(), t.y.clone()) for t in stream.test]
+    make_learner([factory()], stream).fit(stream)
+    for (x, y), e in zip(before, stream.experiences()):
+        assert torch.equal(x, e.x) and torch.equal(y, e.y), "training data was mutated"
+    for (x, y), t in zip(tests, stream.test):
+        assert torch.equal(x, t.x) and torch.equal(y, t.y), "test data was mutated"
+
+
+def check_batch_of_one(factory: Factory) -> None:
+    stream = _stream_for(factory, n_per_class=4)
+    make_learner([factory()], stream, batch_size=1).fit(stream)
+
+
+def check_state_roundtrip(factory: Factory) -> None:
+    stream = _stream_for(factory)
+    plugin = factory()
+    make_learner([plugin], stream).fit(stream, stop_after=20)
+    if not hasattr(plugin, "state_dict"):
+        pickle.loads(pickle.dumps(plugin))
+        return
+    state = plugin.state_dict()
+    loaded = _roundtrip(state)  # must hold only tensors and plain data
+    assert_same_state(state, loaded, "state_dict after torch.load(weights_only=True)")
+    fresh = factory()
+    make_learner([fresh], stream).begin(stream, evaluate=False)
+    fresh.load_state_dict(loaded)
+    assert_same_state(state, fresh.state_dict(), "state_dict after load_state_dict")
+    pickle.loads(pickle.dumps(plugin))
+
+
+def check_resume_exact(factory: Factory) -> None:
+    stream = _stream_for(factory)
+    full = make_learner([factory()], stream)
+    full.fit(stream)
+    n1 = next(stream.experiences()).n_samples or 0
+    stop = (n1 // 8) + 2  # a few batches into the second experience
+    first = make_learner([factory()], stream)
+    first.fit(stream, stop_after=stop)
+    state = _roundtrip(first.state_dict())
+    second = make_learner([factory()], stream)
+    second.fit(stream, state=state)
+    assert_same_state(_weights(full), _weights(second), "weights (resumed vs uninterrupted)")
+    assert_same_state(full.plugins[-2].summary(), second.plugins[-2].summary(),
+                      "metrics (resumed vs uninterrupted)")
+
+
+def check_requirements_enforced(factory: Factory) -> None:
+    needs = _needs(factory)
+    if "boundaries" in needs:
+        stream = tiny_stream(task_aware=False)
+        try:
+            make_learner([factory()], stream).fit(stream)
+        except CompositionError as exc:
+            assert "boundar" in str(exc)
+        else:
+            raise AssertionError("a plugin that requires boundaries ran on a task-free stream "
+                                 "without a detector")
+
+
+PLUGIN_CHECKS: tuple[Callable[[Factory], None], ...] = (
+    check_hooks_match_specs, check_params_stored, check_runs_and_composes, check_deterministic,
+    check_inputs_not_mutated, check_batch_of_one, check_state_roundtrip, check_resume_exact,
+    check_requirements_enforced,
+)
+
+
+def plugin_checks(registry: Registry | None = None) -> list[tuple[str, Callable[[], None]]]:
+    """``(id, check)`` pairs for every registered plugin x every check."""
+    reg = registry or get_registry()
+    out = []
+    for entry in reg.entries("plugin"):
+        for check in PLUGIN_CHECKS:
+            out.append((f"{entry.name}-{check.__name__[6:]}",
+                        (lambda c=check, f=entry.factory: c(f))))
+    return out
+
+
+def check_plugin(factory: Factory) -> None:
+    """Run every plugin check on ``factory`` (a class or zero-argument callable)."""
+    for check in PLUGIN_CHECKS:
+        check(factory)
+
+
+# ---------------------------------------------------------------------------- strategies
+
+
+def _strategy_learner(name: str, stream: Stream, reg: Registry) -> tuple[Learner, Stream]:
+    from lifelong.run import make_plugin
+
+    strat = reg.get("strategy", name).factory()
+    plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"}, seed=0,
+                           registry=reg) for s in strat.plugins]
+    if strat.stream_transform:
+        stream = TRANSFORMS[strat.stream_transform](stream)
+    return make_learner(plugins, stream), stream
+
+
+def check_strategy(name: str, registry: Registry | None = None) -> None:
+    """A strategy runs, is deterministic, and resumes exactly."""
+    reg = registry or get_registry()
+    a, s = _strategy_learner(name, tiny_stream(), reg)
+    a.fit(s)
+    b, s = _strategy_learner(name, tiny_stream(), reg)
+    b.fit(s)
+    assert_same_state(_weights(a), _weights(b), f"strategy {name}: same seed, two runs")
+    c, s = _strategy_learner(name, tiny_stream(), reg)
+    c.fit(s, stop_after=7)
+    state = _roundtrip(c.state_dict())
+    d, s = _strategy_learner(name, tiny_stream(), reg)
+    d.fit(s, state=state)
+    assert_same_state(_weights(a), _weights(d), f"strategy {name}: resumed vs uninterrupted")
+
+
+def strategy_checks(registry: Registry | None = None) -> list[tuple[str, Callable[[], None]]]:
+    reg = registry or get_registry()
+    return [(n, (lambda n=n: check_strategy(n, reg))) for n in reg.names("strategy")]
