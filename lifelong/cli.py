@@ -55,8 +55,14 @@ def _total_samples(stream: Any, epochs: int) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from lifelong.config import apply_overrides, load_yaml
     from lifelong.run import build, collect_metrics, write_metrics

@@ -339,6 +339,7 @@ class Learner:
         self.begin(stream, evaluate=evaluate and state is None)
         if state is not None:
             self.load_state_dict(state)
+        self.model.train()
         self._stop_after = stop_after
         for i, exp in enumerate(stream.experiences()):
             if i < self.experience_index:
@@ -395,10 +396,11 @@ class Learner:
         return n is not None and experience.id == n - 1
 
     def start_experience(self, experience: Experience | None) -> None:
+        self.model.train()
         self.hooks.before_experience(self, experience)
         new = self.hooks.expand_model(self, experience)
         if new is not None:
-            self.model = new.to(self.device)
+            self.model = new.to(self.device).train()
             self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
             self.optimizer = self._make_optimizer()
 
@@ -417,7 +419,6 @@ class Learner:
             pairs = hooks.replay_batch(self, step)
             if pairs:
                 x, task = self._concat_replay(step, pairs)
-        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.forward(x, task)
         step.logits = logits
@@ -477,7 +478,8 @@ class Learner:
     def _loss_ok(self, loss: Tensor) -> bool:
         """Non-finite loss handling; syncs with the device only every ``check_every`` steps."""
         if self.nan_policy == "skip" or self.check_every == 1:
-            if bool(torch.isfinite(loss)):
+            # on CPU reading the scalar is a memory load, not a device sync
+            if math.isfinite(loss.item()):
                 return True
             if self.nan_policy == "skip":
                 self.skipped_batches += 1

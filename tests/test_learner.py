@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong import (Batch, CompositionError, DataError, Learner, NonFiniteLossError, hookimpl)
+from lifelong import Batch, CompositionError, DataError, Learner, NonFiniteLossError, hookimpl
 from lifelong.backbones import mlp
 from lifelong.plugins.evaluation import AccuracyMatrix
 from lifelong.stream.synthetic import blobs
