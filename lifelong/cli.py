@@ -54,7 +54,33 @@ def _total_samples(stream: Any, epochs: int) -> int | None:
     return None if n is None else n * epochs
 
 
+def parse_every(value: str | None) -> tuple[int, float]:
+    """``"100"`` -> every 100 batches; ``"30s"`` -> every 30 seconds."""
+    if not value:
+        return 0, 0.0
+    try:
+        if value.endswith("s"):
+            secs = float(value[:-1])
+            if secs <= 0:
+                raise ValueError
+            return 0, secs
+        n = int(value)
+        if n <= 0:
+            raise ValueError
+        return n, 0.0
+    except ValueError:
+        raise ConfigError(f"--checkpoint-every {value!r}: expected a number of batches (100) or "
+                          "seconds (30s)") from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -64,36 +90,102 @@ def cmd_run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from lifelong.checkpoint import (
+        Checkpointer,
+        check_compatible,
+        check_free_space,
+        estimate_bytes,
+        load_checkpoint,
+    )
     from lifelong.config import apply_overrides, load_yaml
-    from lifelong.run import build, collect_metrics, write_metrics
+    from lifelong.errors import CheckpointError
+    from lifelong.run import build, collect_metrics, write_metrics, write_model
 
     console = _console(args.quiet)
-    raw = apply_overrides(load_yaml(args.config), args.set or [])
-    out = check_out_dir(args.out) if args.out else None
+    payload = None
+    if args.resume:
+        payload = load_checkpoint(args.resume)
+        if payload["finished"]:
+            raise CheckpointError(f"the run in {args.resume} already finished; its metrics are "
+                                  "in metrics.json there")
+        raw = (payload["config"] if args.config is None
+               else apply_overrides(load_yaml(args.config), args.set or []))
+        out_arg = args.out or args.resume
+    elif args.config is None:
+        raise ConfigError("lifelong run needs a CONFIG file (or --resume DIR)")
+    else:
+        raw = apply_overrides(load_yaml(args.config), args.set or [])
+        out_arg = args.out
+    ck = raw.get("checkpoint") if isinstance(raw.get("checkpoint"), dict) else {}
+    every, every_s = parse_every(args.checkpoint_every)
+    if not (every or every_s):
+        every, every_s = int(ck.get("every", 0) or 0), float(ck.get("every_seconds", 0) or 0)
+    out_arg = out_arg or ck.get("dir")
+    if (every or every_s) and not out_arg:
+        raise ConfigError("--checkpoint-every needs --out DIR to write checkpoints to")
+    out = check_out_dir(out_arg) if out_arg else None
     run = build(raw)
+    if payload is not None:
+        check_compatible(payload, run.config, args.resume)
+    checkpointer = None
+    if every or every_s:
+        assert out is not None
+        check_free_space(out, estimate_bytes(run.learner))
+        checkpointer = Checkpointer(out, run.config, every=every, every_seconds=every_s)
     total = _total_samples(run.stream, run.learner.epochs)
-    console.print(f"[bold]lifelong run[/bold] {args.config}: {run.stream!r} on "
+    where = f"resuming at batch {payload['learner']['counters']['step_index']}" if payload else ""
+    console.print(f"[bold]lifelong run[/bold] {args.config or args.resume}: {run.stream!r} on "
                   f"{run.learner.device}, plugins: "
-                  f"{', '.join(type(p).__name__ for p in run.plugins) or 'none (fine-tuning)'}")
+                  f"{', '.join(type(p).__name__ for p in run.plugins) or 'none (fine-tuning)'}"
+                  f"{'; ' + where if where else ''}")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(),
                TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet, transient=False) as bar:
-        task = bar.add_task("training", total=total, rate="-")
-        import time as _time
+    stop = {"flag": False}
 
-        t0 = _time.perf_counter()
+    def on_signal(signum: int, frame: Any) -> None:
+        del frame
+        if stop["flag"]:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        stop["flag"] = True
 
-        def progress(n: int) -> None:
-            done = bar.tasks[0].completed + n
-            rate = done / max(_time.perf_counter() - t0, 1e-9)
-            bar.update(task, advance=n, rate=f"{rate:,.0f}")
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    learner = run.learner
+    try:
+        with Progress(*columns, console=console, disable=args.quiet) as bar:
+            done0 = payload["learner"]["counters"]["samples_seen"] if payload else 0
+            task = bar.add_task("training", total=total, rate="-", completed=done0)
+            t0 = time.perf_counter()
 
-        run.learner.fit(run.stream, progress=progress)
+            def progress(n: int) -> None:
+                rate = (bar.tasks[0].completed - done0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=n, rate=f"{rate:,.0f}")
+                if checkpointer is not None:
+                    checkpointer.after_batch(learner)
+                if stop["flag"]:
+                    raise _Interrupted
+
+            learner.fit(run.stream, progress=progress,
+                        state=payload["learner"] if payload else None)
+    except _Interrupted:
+        if out is None:
+            console.print("interrupted; nothing saved (run with --out DIR --checkpoint-every N "
+                          "to be able to resume)")
+            return EXIT_INTERRUPTED
+        path = (checkpointer or Checkpointer(out, run.config)).save(learner)
+        print(f"interrupted after batch {learner.step_index}; state saved to {path}; resume with: "
+              f"lifelong run --resume {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     metrics = collect_metrics(run)
     _render_result(console, metrics)
     if out is not None:
         path = write_metrics(metrics, out)
+        write_model(learner, out)
+        if checkpointer is not None:
+            checkpointer.save(learner, finished=True)
         console.print(f"metrics written to {path}")
     return 0
 
@@ -228,9 +320,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="Continual learning on data streams.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment from a YAML config")
-    r.add_argument("config")
+    r.add_argument("config", nargs="?", help="YAML run config (optional with --resume)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    r.add_argument("--out", help="directory for metrics.json")
+    r.add_argument("--out", help="directory for metrics.json, model.pt and checkpoints")
+    r.add_argument("--checkpoint-every", metavar="N|Ns",
+                   help="write a checkpoint every N batches, or every N seconds with a trailing s")
+    r.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     r.set_defaults(func=cmd_run)
     ls = sub.add_parser("list", help="list streams, backbones, plugins and strategies")

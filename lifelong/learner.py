@@ -381,9 +381,13 @@ class Learner:
         batches = experience.batches(self.batch_size, epochs=self.epochs,
                                      seed=self.seed, start=start)
         stop = self._stop_after
+        check_inputs = not experience.finite_checked
         for batch in batches:
             if stop is not None and self.step_index >= stop:
                 raise _StopRun
+            if check_inputs and not self._inputs_ok(batch, experience):
+                self.batch_in_experience += 1
+                continue
             self.train_batch(batch, experience)
             self.batch_in_experience += 1
             if progress is not None:
@@ -474,6 +478,20 @@ class Learner:
                                                                  device=self.device)
                               for t, x_ in zip(tasks, xs)])
         return torch.cat(xs), task
+
+    def _inputs_ok(self, batch: Batch, experience: Experience) -> bool:
+        """Host-side NaN/inf check for batches of streams not checked up front."""
+        x = batch.x
+        if bool(torch.isfinite(x).all()):
+            return True
+        if self.nan_policy == "skip":
+            self.skipped_batches += 1
+            return False
+        rows = (~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero().flatten()
+        raise DataError(f"batch {self.batch_in_experience} of experience {experience.id} "
+                        f"(step {self.step_index}) has NaN/inf inputs in {rows.numel()} row(s), "
+                        f"first row {int(rows[0])}; clean the stream or set "
+                        "train.nan_policy: skip to drop such batches (they are counted)")
 
     def _loss_ok(self, loss: Tensor) -> bool:
         """Non-finite loss handling; syncs with the device only every ``check_every`` steps."""

@@ -140,6 +140,15 @@ def write_metrics(metrics: dict[str, Any], out_dir: str | os.PathLike[str]) -> P
     return path
 
 
+def write_model(learner: Learner, out_dir: str | os.PathLike[str]) -> Path:
+    """Write the final model weights to ``out_dir/model.pt`` (a plain state dict)."""
+    path = Path(out_dir) / "model.pt"
+    tmp = path.with_name(".model.pt.tmp")
+    torch.save(learner.model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def run_config(raw: dict[str, Any], *, out_dir: str | None = None,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Build, execute and (if ``out_dir``) write ``metrics.json``; returns the metrics."""

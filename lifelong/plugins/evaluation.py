@@ -136,8 +136,8 @@ class Prequential:
             if len(self._pending) >= 16:
                 self._flush()
 
-    def _flush(self) -> None:
-        if self._correct is not None and self._n:
+    def _flush(self, partial: bool = True) -> None:
+        if partial and self._correct is not None and self._n:
             self._pending.append((self._cum, self._correct, self._n))
             self._correct, self._n = None, 0
         if not self._pending:
@@ -160,16 +160,16 @@ class Prequential:
                 "prequential_windows": [list(w) for w in self.windows_]}
 
     def state_dict(self) -> dict[str, Any]:
-        self._flush()
+        self._flush(partial=False)  # an open window stays open: resuming continues it
         return {"windows": self.windows_, "correct": self.correct_total_,
-                "seen": self.seen_total_, "steps": self._steps}
+                "seen": self.seen_total_, "steps": self._steps, "cum": self._cum,
+                "open_correct": self._correct, "open_n": self._n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.windows_ = [tuple(w) for w in state["windows"]]  # type: ignore[misc]
         self.correct_total_, self.seen_total_ = state["correct"], state["seen"]
-        self._steps = state["steps"]
-        self._cum = self.seen_total_
-        self._correct, self._n, self._pending = None, 0, []
+        self._steps, self._cum = state["steps"], state["cum"]
+        self._correct, self._n, self._pending = state["open_correct"], state["open_n"], []
 
 
 class Resources:

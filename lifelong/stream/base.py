@@ -79,12 +79,14 @@ def validate_tensors(
     input_shape: Sequence[int] | None,
     where: str,
     task: Tensor | None = None,
+    check_finite: bool = True,
 ) -> None:
     """Raise :class:`DataError` naming ``where`` if the data cannot be trained on.
 
     Checks: ``x`` is floating point with shape ``(N, *input_shape)``; ``y`` is a
     1-d integer tensor of length N with every label in ``[0, num_classes)``;
-    ``x`` has no NaN/inf; ``task`` (if given) is an integer vector of length N.
+    ``x`` has no NaN/inf (unless ``check_finite=False``); ``task`` (if given) is an
+    integer vector of length N.
     Vectorized over the whole tensor: call it once per data set or chunk.
     """
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
@@ -109,7 +111,7 @@ def validate_tensors(
             raise DataError(f"{where}: label {bad} is outside the declared classes "
                             f"[0, {num_classes - 1}]; declare num_classes={max(hi + 1, num_classes)}"
                             " or use a growing head (backbone: {head: growing})")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
         rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
         raise DataError(f"{where}: {rows.numel()} input row(s) contain NaN or inf "
                         f"(first at row {int(rows[0])}); clean the data or drop those rows")
@@ -143,6 +145,9 @@ class Experience:
     classes: tuple[int, ...]
     task_id: int | None
     n_samples: int | None
+    #: False when inputs are not checked for NaN/inf up front: the learner then
+    #: checks each batch on the host and applies its ``nan_policy``.
+    finite_checked: bool = True
 
     def batches(
         self, batch_size: int, *, epochs: int = 1, shuffle: bool = True, seed: int = 0,
@@ -208,8 +213,11 @@ class IterableExperience(Experience):
     """An experience fed by a re-iterable source of batches (streams larger than memory).
 
     ``source(batch_size)`` returns a fresh iterator of CPU batches of that
-    size; each chunk is validated on the host before it is yielded.
+    size; each is validated on the host (shape, dtype, labels) before it is
+    yielded; non-finite inputs are left to the learner's ``nan_policy``.
     """
+
+    finite_checked = False
 
     def __init__(
         self, id: int, source: Callable[[int], Iterable[Batch]], *, num_classes: int | None,
@@ -234,7 +242,8 @@ class IterableExperience(Experience):
                 if k >= start:
                     validate_tensors(b.x, b.y, num_classes=self.num_classes,
                                      input_shape=self.input_shape, task=b.task,
-                                     where=f"experience {self.id}, batch {k}")
+                                     where=f"experience {self.id}, batch {k}",
+                                     check_finite=False)
                     yield b
                 k += 1
 

@@ -1,0 +1,154 @@
+"""Checkpoints: the whole run state, written atomically, loaded without unpickling code.
+
+A checkpoint holds the model, the optimizer, every plugin's ``state_dict``
+(buffers, Fisher, anchors, detector state...), the stream position
+(experience, batch within it), the run counters and the RNG states, plus the
+resolved config it was written for. It is written to a temporary file,
+flushed to disk and renamed over the previous one, so a crash while writing
+leaves the previous checkpoint intact. It is read with
+``torch.load(weights_only=True)``: a crafted file cannot execute code, and
+one written for another config or format is refused, naming what differs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifelong.errors import CheckpointError
+
+FORMAT = 1
+FILENAME = "checkpoint.pt"
+IGNORED_KEYS = ("checkpoint",)  # config keys that may change between a run and its resume
+
+
+def _version() -> str:
+    from lifelong import __version__
+
+    return __version__
+
+
+def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dict[str, Any],
+                    *, finished: bool = False) -> Path:
+    """Write ``directory/checkpoint.pt`` atomically (temp file, fsync, rename)."""
+    path = Path(directory) / FILENAME
+    tmp = path.with_name(f".{FILENAME}.tmp")
+    payload = {"format": FORMAT, "lifelong": _version(), "config": config, "finished": finished,
+               "written_at": time.time(), "learner": learner.state_dict()}
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the "
+                              "previous checkpoint (if any) is intact") from exc
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike[str], *,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; never executes code from the file."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; was the run started with --out and "
+                              "--checkpoint-every?")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(f"{path} holds objects a checkpoint may not contain and was not "
+                              f"loaded ({first[:160]})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                              ) from exc
+    if not isinstance(payload, dict) or "format" not in payload or "learner" not in payload:
+        raise CheckpointError(f"{path} is not a lifelong checkpoint")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {payload['format']} (written by "
+                              f"lifelong {payload.get('lifelong')}); this lifelong "
+                              f"({_version()}) reads format {FORMAT}")
+    return payload
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Paths where two resolved configs differ (``train.lr: 0.1 != 0.05``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if not prefix and k in IGNORED_KEYS:
+                continue
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                out.append(f"{key}: {'absent' if k not in a else repr(a[k])} != "
+                           f"{'absent' if k not in b else repr(b[k])}")
+            else:
+                out.extend(config_differences(a[k], b[k], key))
+        return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b))
+                for d in config_differences(x, y, f"{prefix}[{i}]")]
+    return [] if a == b else [f"{prefix}: {a!r} != {b!r}"]
+
+
+def check_compatible(payload: dict[str, Any], config: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint written for another config, listing the differences."""
+    diffs = config_differences(payload["config"], config)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise CheckpointError(f"{where} was written for a different config (checkpoint != now): "
+                              f"{shown}")
+
+
+def estimate_bytes(learner: Any) -> int:
+    """A generous estimate of one checkpoint's size: parameters, optimizer and plugin state."""
+    params = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+    return 4 * params + 16 * 2**20
+
+
+def check_free_space(directory: str | os.PathLike[str], needed: int) -> None:
+    """Refuse to start when the output disk cannot hold two checkpoints."""
+    free = shutil.disk_usage(directory).free
+    if free < 2 * needed:
+        raise CheckpointError(f"only {free / 2**20:.0f} MiB free in {directory}; checkpoints "
+                              f"need about {2 * needed / 2**20:.0f} MiB: free space or choose "
+                              "another --out")
+
+
+class Checkpointer:
+    """Saves the run every ``every`` batches and/or every ``every_seconds`` seconds."""
+
+    def __init__(self, directory: str | os.PathLike[str], config: dict[str, Any], *,
+                 every: int = 0, every_seconds: float = 0.0) -> None:
+        if every < 0 or every_seconds < 0:
+            raise CheckpointError("checkpoint intervals must be >= 0")
+        self.directory = Path(directory)
+        self.config = config
+        self.every = every
+        self.every_seconds = every_seconds
+        self._last = time.monotonic()
+        self.saved = 0
+
+    def after_batch(self, learner: Any) -> None:
+        due = self.every and learner.step_index % self.every == 0
+        if not due and self.every_seconds:
+            due = time.monotonic() - self._last >= self.every_seconds
+        if due:
+            self.save(learner)
+
+    def save(self, learner: Any, *, finished: bool = False) -> Path:
+        path = save_checkpoint(self.directory, learner, self.config, finished=finished)
+        self._last = time.monotonic()
+        self.saved += 1
+        return path
