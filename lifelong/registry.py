@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
     "lifelong.strategies",
+    "lifelong.plugins.generative_replay",
 )
 
 
