@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.evaluation",
     "lifelong.strategies",
     "lifelong.plugins.generative_replay",
+    "lifelong.strategies.generative",
 )
 
 
