@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lifelong import CompositionError, ConfigError, Learner
+from lifelong import CompositionError, ConfigError, Learner, hookimpl
 from lifelong.backbones import mlp
 from lifelong.learner import Step
 from lifelong.plugins.evaluation import AccuracyMatrix
@@ -18,6 +20,7 @@ from lifelong.plugins.generative_replay import (
     vae_loss,
 )
 from lifelong.run import run_config
+from lifelong.strategies.generative import dgr
 from lifelong.stream.catalog import split_digits
 from lifelong.testing import make_learner, tiny_stream
 
@@ -127,7 +130,7 @@ def test_replayed_inputs_are_labelled_by_the_frozen_previous_solver():
     assert set(replay.y.tolist()) <= {0, 1}  # the classes the snapshot was trained on
 
 
-def test_solver_loss_is_eq_1_of_the_paper():
+def test_solver_loss_is_the_papers_mix_of_real_and_replayed():
     plugin = GenerativeReplay(seed=0, **SMALL)
     stream = tiny_stream()
     learner = make_learner([plugin], stream)
@@ -138,6 +141,26 @@ def test_solver_loss_is_eq_1_of_the_paper():
     replayed = F.cross_entropy(step.logits_of(plugin), step.replay_of(plugin).y)
     expected = step.losses["ce"] / 3 + 2 / 3 * replayed
     assert torch.allclose(step.loss, expected)
+
+
+class EverySix:
+    """A boundary detector for the test: a boundary every 6 batches."""
+
+    @hookimpl
+    def detect_boundary(self, learner, step):
+        return (step.index + 1) % 6 == 0
+
+
+def test_detected_boundaries_snapshot_the_scholar_in_task_free_streams():
+    plugin = GenerativeReplay(seed=0, **SMALL)
+    stream = tiny_stream(task_aware=False)
+    learner = make_learner([plugin, EverySix()], stream)
+    learner.fit(stream, stop_after=8)
+    assert learner.boundaries_detected == [48]
+    assert plugin.has_previous_ and plugin.experiences_ == 2
+    plugin = GenerativeReplay(seed=0, **SMALL)
+    learner = make_learner([plugin, EverySix()], stream).fit(stream)  # the whole run
+    assert plugin.experiences_ == 1 + len(learner.boundaries_detected) == 4
 
 
 def test_decoder_follows_the_data_range():
@@ -208,3 +231,9 @@ def test_task_conditioned_model_is_refused_before_the_first_batch():
     learner.model.task_conditioned = True
     with pytest.raises(CompositionError, match="task-conditioned"):
         learner.begin(stream, evaluate=False)
+
+
+def test_dgr_strategy_defaults_are_the_plugins():
+    plugin = inspect.signature(GenerativeReplay).parameters
+    for name, p in inspect.signature(dgr).parameters.items():
+        assert p.default == plugin[name].default, name
