@@ -225,6 +225,13 @@ def test_bad_parameter_from_a_config_names_the_plugin():
                     "plugins": [{"name": "generative_replay", "latent_dim": 0}]})
 
 
+def test_bernoulli_decoder_on_data_outside_0_1_is_refused_before_the_first_batch():
+    stream = tiny_stream()
+    learner = make_learner([GenerativeReplay(decoder="bernoulli", **SMALL)], stream)
+    with pytest.raises(ConfigError, match="decoder='bernoulli'.*gaussian"):
+        learner.begin(stream, evaluate=False)
+
+
 def test_task_conditioned_model_is_refused_before_the_first_batch():
     stream = tiny_stream()
     learner = make_learner([GenerativeReplay(**SMALL)], stream)

@@ -132,6 +132,8 @@ def build_vae(in_features: int, hidden: int, latent_dim: int, seed: int) -> VAE:
 
 
 def _frozen(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.grad = None
     return module.eval().requires_grad_(False)
 
 
@@ -233,8 +235,12 @@ class GenerativeReplay:
         self.experiences_ = 0
         self._rng = torch.Generator(device=dev).manual_seed(self.seed)
         self.likelihood_ = None if self.decoder == "auto" else self.decoder
-        if self.likelihood_ is None and stream.test:  # decided once, on the held-out inputs
+        if stream.test and self.likelihood_ != "gaussian":  # checked once, on held-out inputs
             inside = all(bool(((es.x >= 0) & (es.x <= 1)).all()) for es in stream.test)
+            if self.likelihood_ == "bernoulli" and not inside:
+                raise ConfigError(f"plugin 'generative_replay': decoder='bernoulli' needs inputs "
+                                  f"in [0, 1], but stream {stream.name!r} has values outside; "
+                                  "use decoder 'gaussian' or 'auto'")
             self.likelihood_ = "bernoulli" if inside else "gaussian"
 
     @hookimpl
