@@ -30,6 +30,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
     "lifelong.strategies",
+    "lifelong.plugins.generative_replay",
+    "lifelong.strategies.generative",
 )
 
 
