@@ -330,3 +330,18 @@ def test_cuda_run_keeps_tensors_on_device():
                       device="cuda")
     learner.fit(stream)
     assert all(p.is_cuda for p in learner.model.parameters())
+
+
+@pytest.mark.parametrize("hook", [*HOOKS, "register"])
+def test_every_hook_is_documented(hook):
+    import inspect
+
+    from lifelong import hookspecs
+
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    summary = doc.splitlines()[0] if doc else ""
+    assert summary.endswith(".") and len(summary) > 20, f"{hook}: one-line summary"
+    params = [p for p in inspect.signature(getattr(hookspecs, hook)).parameters]
+    for p in params:
+        assert f":param {p}:" in doc, f"{hook}: parameter {p} is not documented"
+    assert "Example" in doc and "@hookimpl" in doc, f"{hook}: no example"
