@@ -130,8 +130,9 @@ def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
     if n == 0:
         return fisher
 
-    def log_prob_of(ps: dict[str, Tensor], xi: Tensor, ti: Tensor, yi: Tensor) -> Tensor:
-        return (F.log_softmax(f(ps, xi, ti), dim=-1) * yi).sum()
+    def log_prob_of(ps: dict[str, Tensor], xi: Tensor, ti: Tensor, pick: Tensor) -> Tensor:
+        # sum_c pick_c log p_c: pick = onehot(y) (sampled) or sqrt(p_c) e_c (exact), a constant
+        return (F.log_softmax(f(ps, xi, ti), dim=-1) * pick).sum()
 
     per_sample_grad = vmap(grad(log_prob_of), in_dims=(None, 0, 0, 0))
     step = chunk_size(params)
