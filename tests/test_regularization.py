@@ -447,3 +447,12 @@ def test_presets_carry_the_plugins_defaults():
         for key, value in spec.items():
             if key != "name":
                 assert defaults[key] == value, (name, key)
+
+
+@pytest.mark.parametrize("module", ["ewc", "si", "lwf", "mas", "_regularization"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"lifelong.plugins.{module}"))
+    assert result.attempted > 0 and result.failed == 0
