@@ -29,7 +29,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.synthetic",
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
+    "lifelong.plugins.ewc",
+    "lifelong.plugins.si",
+    "lifelong.plugins.lwf",
+    "lifelong.plugins.mas",
     "lifelong.strategies",
+    "lifelong.strategies.regularization",
     "lifelong.plugins.generative_replay",
     "lifelong.strategies.generative",
 )

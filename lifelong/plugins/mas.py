@@ -1,0 +1,169 @@
+"""MAS: memory aware synapses, unsupervised importance from the sensitivity of the output.
+
+At each consolidation (the end of an experience, a detected boundary, or
+every ``consolidate_every`` batches) the importance of every parameter is
+``Omega_i = mean_k | d ||f(x_k)||_2^2 / d theta_i |`` over the last
+``importance_samples`` stream inputs ``x_k`` (``f``: the logits). No labels
+are used, so it works on any data the model sees. Importance accumulates
+across consolidations (``Omega <- Omega + Omega_new``, as the reference
+code does), the current parameters become the anchor, and training pays
+``mas_lambda * sum_i Omega_i (theta_i - anchor_i)^2``. State is a fixed set of
+per-parameter tensors: the cost per step does not grow with the number of
+consolidations. It is the consolidation a task-free loss-plateau detector
+(Aljundi et al., CVPR 2019) triggers through ``after_experience(None)``.
+
+The gradients are per sample, as in the paper's equation (vectorized with
+``torch.func.vmap``), not the reference code's shortcut of the gradient of
+a mini-batch sum (``|sum_k g_k|`` is not ``sum_k |g_k|``).
+
+Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars, "Memory aware
+synapses: learning what (not) to forget", ECCV 2018. Defaults:
+``mas_lambda=1.0`` (the paper's value), ``importance_samples=1024``.
+
+Examples
+--------
+>>> from lifelong.testing import tiny_stream, make_learner
+>>> stream = tiny_stream()
+>>> learner = make_learner([MAS()], stream).fit(stream)
+>>> learner.plugins[0].n_consolidations_
+3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+from lifelong.plugins._regularization import (
+    RecentInputs,
+    chunk_size,
+    eval_mode,
+    functional,
+    grow_to,
+    quadratic_penalty,
+    trainable,
+)
+
+__all__ = ["MAS", "mas_importance"]
+
+
+def mas_importance(model: nn.Module, x: Tensor, task: Tensor | None = None) -> dict[str, Tensor]:
+    """``mean_k |d ||f(x_k)||^2 / d theta|`` per parameter, from per-sample gradients.
+
+    The model is put in evaluation mode meanwhile; ``task`` is used only by
+    task-conditioned models.
+    """
+    if task is None:
+        task = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    params, f = functional(model)
+    out = {n: torch.zeros_like(p) for n, p in params.items()}
+    n = x.shape[0]
+    if n == 0:
+        return out
+
+    def sq_norm(ps: dict[str, Tensor], xi: Tensor, ti: Tensor) -> Tensor:
+        return f(ps, xi, ti).square().sum()
+
+    per_sample = vmap(grad(sq_norm), in_dims=(None, 0, 0))
+    step = chunk_size(params)
+    with eval_mode(model):
+        for i in range(0, n, step):
+            for name, g in per_sample(params, x[i:i + step], task[i:i + step]).items():
+                out[name] += g.abs().sum(0)
+    return {name: v / n for name, v in out.items()}
+
+
+class MAS:
+    """Memory aware synapses: output-sensitivity importance, a quadratic pull to the anchor."""
+
+    name = "mas"
+    owns = ()
+
+    def __init__(self, *, mas_lambda: float = 1.0, importance_samples: int = 1024,
+                 consolidate_every: int = 0) -> None:
+        if not mas_lambda >= 0:
+            raise ConfigError(f"plugin 'mas': mas_lambda must be >= 0, got {mas_lambda}")
+        if importance_samples < 1:
+            raise ConfigError(f"plugin 'mas': importance_samples must be >= 1, got "
+                              f"{importance_samples}")
+        if consolidate_every < 0:
+            raise ConfigError(f"plugin 'mas': consolidate_every must be >= 0 (0: only at "
+                              f"boundaries), got {consolidate_every}")
+        self.mas_lambda = mas_lambda
+        self.importance_samples = importance_samples
+        self.consolidate_every = consolidate_every
+        self.importance_: dict[str, Tensor] = {}
+        self.anchor_: dict[str, Tensor] = {}
+        self.n_consolidations_ = 0
+        self._recent: RecentInputs | None = None
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Boundaries are needed unless the plugin consolidates every N batches itself."""
+        return () if self.consolidate_every else ("boundaries",)
+
+    # ------------------------------------------------------------------ hooks
+    @hookimpl
+    def before_training(self, learner: Any, stream: Any) -> None:
+        dtype = next(learner.model.parameters()).dtype
+        self._recent = RecentInputs(self.importance_samples, stream.input_shape, dtype=dtype,
+                                    device=learner.device)
+
+    @hookimpl
+    def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
+        if not self.n_consolidations_:
+            return None
+        params = dict(learner.model.named_parameters())
+        return {"mas": self.mas_lambda * quadratic_penalty(params, self.anchor_, self.importance_)}
+
+    @hookimpl
+    def after_update(self, learner: Any, step: Any) -> None:
+        assert self._recent is not None
+        self._recent.add(step.batch.x, step.batch.task)
+        if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
+            self.consolidate(learner.model)
+
+    @hookimpl
+    def after_experience(self, learner: Any, experience: Any) -> None:
+        self.consolidate(learner.model)
+
+    # ------------------------------------------------------------------ state
+    def consolidate(self, model: nn.Module) -> None:
+        """Add the importance at the current parameters; they become the anchor."""
+        assert self._recent is not None
+        if self._recent.count == 0:
+            return
+        x, task = self._recent.contents()
+        new = mas_importance(model, x, task)
+        params = trainable(model)
+        for name, omega in new.items():
+            old = grow_to(self.importance_.get(name, torch.zeros_like(omega)), omega.shape)
+            self.importance_[name] = old + omega
+            self.anchor_[name] = params[name].detach().clone()
+        self.n_consolidations_ += 1
+        self._recent.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self._recent is not None
+        return {"importance": {k: v.clone() for k, v in self.importance_.items()},
+                "anchor": {k: v.clone() for k, v in self.anchor_.items()},
+                "n_consolidations": self.n_consolidations_, "recent": self._recent.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        assert self._recent is not None
+        dev = self._recent.x.device
+        self.importance_ = {k: v.to(dev, copy=True) for k, v in state["importance"].items()}
+        self.anchor_ = {k: v.to(dev, copy=True) for k, v in state["anchor"].items()}
+        self.n_consolidations_ = int(state["n_consolidations"])
+        self._recent.load_state_dict(state["recent"])
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "mas", MAS)

@@ -1,0 +1,185 @@
+"""SI: synaptic intelligence, importance from each parameter's contribution to the loss drop.
+
+During training each parameter accumulates the path integral
+``omega_i -= g_i * delta_theta_i`` at every update (``after_update``), where
+``g`` is the gradient of the training objective *without SI's own
+surrogate* (the reference code's ``unreg_grads``) and ``delta_theta`` the
+update the optimizer actually made. At a consolidation (the end of an
+experience, a detected boundary, or every ``consolidate_every`` batches)
+it becomes importance, ``Omega_i <- max(0, Omega_i + omega_i / (Delta_i^2 + xi))``
+with ``Delta`` the distance travelled since the previous consolidation, and
+the parameters become the new anchor. Training then pays
+``c * sum_i Omega_i (theta_i - anchor_i)^2``.
+
+``p.grad`` is read in ``before_update`` (first, before any plugin that owns
+the gradient stage rewrites it; read only) and SI's own surrogate gradient
+``2 c Omega (theta - anchor)`` is subtracted analytically, so no second
+backward pass is needed. Other plugins' loss terms stay in ``g``. State is
+a fixed set of per-parameter tensors (omega, Omega, anchor, previous
+parameters): nothing grows with the number of consolidations.
+
+Zenke, Poole & Ganguli, "Continual learning through synaptic intelligence",
+ICML 2017. Defaults: ``c=0.1``, ``xi=0.1`` (the paper's permuted-MNIST values;
+its split-MNIST runs used ``xi=1e-3``).
+
+Examples
+--------
+>>> from lifelong.testing import tiny_stream, make_learner
+>>> stream = tiny_stream()
+>>> learner = make_learner([SI()], stream).fit(stream)
+>>> bool(all((v >= 0).all() for v in learner.plugins[0].importance_.values()))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+from lifelong.plugins._regularization import fit_to, grow_to, quadratic_penalty, trainable
+
+__all__ = ["SI", "path_integral_step_", "si_importance"]
+
+
+def path_integral_step_(omega: Tensor, grad: Tensor, delta: Tensor) -> Tensor:
+    """``omega -= grad * delta`` in place (one step of the path integral); returns ``omega``.
+
+    >>> path_integral_step_(torch.zeros(2), torch.tensor([1.0, -2.0]), torch.tensor([-0.1, 0.1]))
+    tensor([0.1000, 0.2000])
+    """
+    return omega.addcmul_(grad, delta, value=-1.0)
+
+
+def si_importance(importance: Tensor, omega: Tensor, delta: Tensor, xi: float) -> Tensor:
+    """``max(0, Omega + omega / (Delta^2 + xi))``: consolidate one experience's path integral.
+
+    >>> si_importance(torch.zeros(2), torch.tensor([0.5, -1.0]), torch.tensor([1.0, 0.0]), 0.25)
+    tensor([0.4000, 0.0000])
+    """
+    return (importance + omega / (delta.square() + xi)).clamp_min(0.0)
+
+
+class SI:
+    """Synaptic intelligence: path-integral importance, a quadratic pull to the last anchor."""
+
+    name = "si"
+    owns = ()
+
+    def __init__(self, *, c: float = 0.1, xi: float = 0.1, consolidate_every: int = 0) -> None:
+        if not c >= 0:
+            raise ConfigError(f"plugin 'si': c must be >= 0, got {c}")
+        if not xi > 0:
+            raise ConfigError(f"plugin 'si': xi (damping) must be > 0, got {xi}")
+        if consolidate_every < 0:
+            raise ConfigError(f"plugin 'si': consolidate_every must be >= 0 (0: only at "
+                              f"boundaries), got {consolidate_every}")
+        self.c = c
+        self.xi = xi
+        self.consolidate_every = consolidate_every
+        self.omega_: dict[str, Tensor] = {}       # path integral since the last consolidation
+        self.importance_: dict[str, Tensor] = {}  # Omega
+        self.anchor_: dict[str, Tensor] = {}      # parameters at the last consolidation
+        self.prev_: dict[str, Tensor] = {}        # parameters before the current update
+        self.n_consolidations_ = 0
+        self._grad: dict[str, Tensor] = {}
+        self._device: torch.device | None = None
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Boundaries are needed unless the plugin consolidates every N batches itself."""
+        return () if self.consolidate_every else ("boundaries",)
+
+    # ------------------------------------------------------------------ hooks
+    @hookimpl
+    def before_training(self, learner: Any, stream: Any) -> None:
+        self._device = learner.device
+        self._sync(learner.model)
+
+    @hookimpl
+    def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
+        if not self.n_consolidations_:
+            return None
+        params = dict(learner.model.named_parameters())
+        return {"si": self.c * quadratic_penalty(params, self.anchor_, self.importance_)}
+
+    @hookimpl(tryfirst=True)
+    def before_update(self, learner: Any, step: Any) -> None:
+        params = self._sync(learner.model)
+        for name, p in params.items():
+            buf = self._grad[name]
+            if p.grad is None:
+                buf.zero_()
+            else:
+                buf.copy_(p.grad)
+            if self.n_consolidations_ and name in self.importance_:
+                # remove SI's own surrogate gradient, 2 c Omega (theta - anchor), from p.grad
+                w = self.importance_[name]
+                diff = fit_to(p.detach(), w.shape, name) - self.anchor_[name]
+                fit_to(buf, w.shape, name).addcmul_(w, diff, value=-2.0 * self.c)
+
+    @hookimpl
+    def after_update(self, learner: Any, step: Any) -> None:
+        with torch.no_grad():
+            for name, p in trainable(learner.model).items():
+                prev = self.prev_[name]
+                path_integral_step_(self.omega_[name], self._grad[name], p - prev)
+                prev.copy_(p)
+        if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
+            self.consolidate(learner.model)
+
+    @hookimpl
+    def after_experience(self, learner: Any, experience: Any) -> None:
+        self.consolidate(learner.model)
+
+    # ------------------------------------------------------------------ state
+    def _sync(self, model: nn.Module) -> dict[str, Tensor]:
+        """Per-parameter buffers matching the model (allocated, or grown after an expansion)."""
+        params = trainable(model)
+        for name, p in params.items():
+            if name in self.prev_ and self.prev_[name].shape == p.shape:
+                continue
+            d = p.detach()
+            self.omega_[name] = grow_to(self.omega_.get(name, torch.zeros_like(d)), d.shape)
+            self.anchor_[name] = grow_to(self.anchor_.get(name, d.clone()), d.shape)
+            if name in self.importance_:
+                self.importance_[name] = grow_to(self.importance_[name], d.shape)
+            self.prev_[name] = d.clone()
+            self._grad[name] = torch.zeros_like(d)
+        return params
+
+    def consolidate(self, model: nn.Module) -> None:
+        """Turn the path integral into importance; the current parameters become the anchor."""
+        with torch.no_grad():
+            for name, p in self._sync(model).items():
+                theta = p.detach()
+                imp = self.importance_.get(name, torch.zeros_like(theta))
+                self.importance_[name] = si_importance(imp, self.omega_[name],
+                                                       theta - self.anchor_[name], self.xi)
+                self.anchor_[name].copy_(theta)
+                self.omega_[name].zero_()
+        self.n_consolidations_ += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        def copy(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.clone() for k, v in d.items()}
+        return {"omega": copy(self.omega_), "importance": copy(self.importance_),
+                "anchor": copy(self.anchor_), "prev": copy(self.prev_),
+                "n_consolidations": self.n_consolidations_}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        def load(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(self._device, copy=True) for k, v in d.items()}
+        self.omega_, self.importance_ = load(state["omega"]), load(state["importance"])
+        self.anchor_, self.prev_ = load(state["anchor"]), load(state["prev"])
+        self._grad = {k: torch.zeros_like(v) for k, v in self.prev_.items()}
+        self.n_consolidations_ = int(state["n_consolidations"])
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "si", SI)
