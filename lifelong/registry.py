@@ -29,6 +29,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.synthetic",
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
+    "lifelong.plugins.drift",
+    "lifelong.plugins.plateau",
+    "lifelong.plugins.every_n",
     "lifelong.strategies",
 )
 
