@@ -27,6 +27,7 @@ KINDS = ("stream", "backbone", "plugin", "strategy")
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.catalog",
     "lifelong.stream.synthetic",
+    "lifelong.stream.drift",
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
     "lifelong.plugins.drift",
