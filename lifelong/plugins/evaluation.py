@@ -9,7 +9,9 @@
   inference").
 * :class:`Prequential` — test-then-train accuracy on the stream itself
   (Dawid 1984; Gama et al. 2013): each batch is predicted before it is
-  trained on. Counted on the device, synced once per window.
+  trained on. Counted on the device, synced once per window. With delayed
+  labels (``Batch.predict``) the predictions scored are those made when
+  the samples arrived, before their labels were known.
 * :class:`Resources` — wall time, throughput (samples/s of training, eval
   excluded), peak resident memory and peak CUDA memory.
 
@@ -126,9 +128,17 @@ class Prequential:
 
     @hookimpl
     def after_update(self, learner: Any, step: Any) -> None:
-        hit = (step.stream_logits.detach().argmax(1) == step.batch.y).sum()
-        n = step.n_stream
-        self._correct = hit if self._correct is None else self._correct + hit
+        arrived = step.batch.predict
+        if arrived is None:  # labels come with the samples: score this step's forward pass
+            hit = (step.stream_logits.detach().argmax(1) == step.batch.y).sum()
+            n = step.n_stream
+        elif step.predict_logits is not None:  # delayed labels: score the arrivals' predictions
+            hit = (step.predict_logits.argmax(1) == arrived.y).sum()
+            n = len(arrived)
+        else:  # only late labels arrived: their samples were scored when they arrived
+            hit, n = None, 0
+        if hit is not None:
+            self._correct = hit if self._correct is None else self._correct + hit
         self._n += n
         self._cum += n
         self._steps += 1
