@@ -89,6 +89,10 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"},
                            seed=seed, registry=reg) for s in specs]
     ev = cfg["eval"]
+    user_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
+    if "every" not in user_eval and not stream.task_aware and stream.test:
+        # task-free runs: anytime accuracy on the seen experiences, once per prequential window
+        ev["every"] = ev.get("window", 100)
     observers: list[Any] = [Resources()]
     if ev.get("matrix", True):
         observers.append(AccuracyMatrix())
