@@ -182,6 +182,10 @@ class _RiverDetector:
                 fired = True
         return fired
 
+    def summary(self) -> dict[str, Any]:
+        """Where river flagged drifts (samples seen), for ``metrics.json``."""
+        return {f"{self.name}_detections": list(self.detections_)}
+
     def state_dict(self) -> dict[str, Any]:
         return {"detector": self._snapshot() if self.detector_ is not None else None,
                 "detections": list(self.detections_), "pending": self._buffer.state_dict()}

@@ -143,6 +143,10 @@ class Plateau:
                 fired = True
         return fired
 
+    def summary(self) -> dict[str, Any]:
+        """Where plateaus were found (samples seen), for ``metrics.json``."""
+        return {"plateau_detections": list(self.detections_)}
+
     def state_dict(self) -> dict[str, Any]:
         return {"rule": self.rule_.state_dict(), "detections": list(self.detections_),
                 "pending": self._buffer.state_dict()}
