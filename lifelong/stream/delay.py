@@ -26,6 +26,13 @@ a task-free stream): near the end of an experience the arrivals are the
 next experience's first batches, generated from that experience with the
 same seed. ``k = 0`` returns the stream itself.
 
+Since the updates are those of the undelayed stream, so are the weights,
+the losses and what a detector sees; what the delay changes is how stale
+the model is when it must predict (prequential accuracy). Positions —
+change points, detected boundaries, anytime evaluations — count samples
+*trained on*; at that point ``k`` more batches have arrived. Prequential
+windows count samples *predicted* (arrivals).
+
 YAML: ``stream: {name: sea_drift, label_delay: 5}``.
 
 Examples
