@@ -103,6 +103,17 @@ def main() -> None:
                       f"delays {r['delays']}  missed {r['missed']}  false alarms "
                       f"{r['false_alarms']}  (first: {detections[:6]})", flush=True)
     print()
+    print(f"{'stream':8s} {'detector':18s} {'changes':>7s} {'missed':>6s} {'mean delay':>10s} "
+          f"{'false alarms':>12s}")
+    for sname in streams:
+        for dname in DETECTORS:
+            rs = [r for s, _, d, r, _ in rows if s == sname and d == dname]
+            delays = [x for r in rs for x in r["delays"]]
+            delay = f"{sum(delays) / len(delays):.0f}" if delays else "-"
+            print(f"{sname:8s} {dname:18s} {sum(r['detected'] + r['missed'] for r in rs):7d} "
+                  f"{sum(r['missed'] for r in rs):6d} {delay:>10s} "
+                  f"{sum(r['false_alarms'] for r in rs):12d}")
+    print()
     print(f"{'detector':18s} {'changes':>7s} {'missed':>6s} {'mean delay':>10s} "
           f"{'false alarms':>12s} {'detections':>10s} {'samples/s':>9s}")
     out = {}
