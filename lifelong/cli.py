@@ -295,17 +295,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     R = m.get("accuracy_matrix") or [[0.0]]
     im = axes[0].imshow(R, vmin=0, vmax=1, cmap="viridis")
-    axes[0].set(title="accuracy matrix", xlabel="test on experience", ylabel="after experience")
+    axes[0].set(title="accuracy matrix", xlabel="test on experience", ylabel="after experience",
+                xticks=range(len(R[0])), yticks=range(len(R)))
     fig.colorbar(im, ax=axes[0])
     for key, label in (("prequential_windows", "prequential (windowed)"),
                        ("anytime_accuracy", "anytime (held-out, seen classes)")):
         pts = m.get(key) or []
         if pts:
             axes[1].plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    for cp in m.get("true_change_points") or []:
-        axes[1].axvline(cp, color="grey", ls=":", lw=0.8)
-    for b in m.get("boundaries_detected") or []:
-        axes[1].axvline(b, color="red", ls="--", lw=0.8)
+    for i, cp in enumerate(m.get("true_change_points") or []):
+        axes[1].axvline(cp, color="grey", ls=":", lw=0.8, label="true change" if i == 0 else None)
+    for i, b in enumerate(m.get("boundaries_detected") or []):
+        axes[1].axvline(b, color="red", ls="--", lw=0.8,
+                        label="detected boundary" if i == 0 else None)
     axes[1].set(title="accuracy over time", xlabel="samples seen", ylabel="accuracy", ylim=(0, 1))
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend()

@@ -4,13 +4,13 @@ A run config::
 
     seed: 0
     device: auto                  # auto | cpu | cuda | cuda:N
-    stream:   {name: split_mnist, n_experiences: 5}
+    stream:   {name: split_mnist, n_experiences: 5}   # + label_delay: k (batches)
     backbone: {name: mlp, hidden: [256, 256]}
     strategy: er                  # a preset name, or {name: er, mem_size: 200}
     plugins:                      # more plugins, composed with the preset's
       - {name: ewc, ewc_lambda: 100}
     train: {batch_size: 10, epochs: 1, optimizer: sgd, lr: 0.1}
-    eval:  {every: 0, prequential: true, window: 100}
+    eval:  {every: 0, prequential: true, window: 100}  # task-free streams: every = window
 
 YAML is read with ``yaml.safe_load`` (no object construction). Plugin,
 stream and backbone parameters are checked against the factory's keyword
@@ -242,7 +242,12 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
         _check_section(cfg, key, allowed)
 
     name, params = _named(cfg["stream"], "stream")
+    delay = params.pop("label_delay", None)
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or delay < 0):
+        raise ConfigError(f"stream.label_delay: expected a non-negative int (batches), got {delay!r}")
     cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream")}
+    if delay is not None:
+        cfg["stream"]["label_delay"] = delay
     name, params = _named(cfg["backbone"], "backbone")
     cfg["backbone"] = {"name": name, **check_params("backbone", name, params, reg, "backbone")}
     if cfg["strategy"] is not None:

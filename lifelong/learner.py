@@ -55,11 +55,14 @@ class Step:
     ``batch`` is the stream batch on the learner's device; after the forward
     pass ``logits`` holds the stream rows first (``n_stream`` of them) and then
     each replay batch's rows. ``losses`` maps term names to scalars.
-    ``scratch`` is per-plugin storage: use your own key.
+    ``scratch`` is per-plugin storage: use your own key. ``predict_logits``
+    holds the logits of ``batch.predict`` (samples that arrived at this step
+    and whose labels come later; see :class:`~lifelong.stream.base.Batch`),
+    computed in eval mode before the update; ``None`` when there are none.
     """
 
     __slots__ = ("index", "batch", "experience", "n_stream", "logits", "losses", "loss",
-                 "replays", "_owners", "scratch")
+                 "replays", "_owners", "scratch", "predict_logits")
 
     def __init__(self, index: int, batch: Batch, experience: Experience | None) -> None:
         self.index = index
@@ -72,6 +75,7 @@ class Step:
         self.replays: list[Batch] = []
         self._owners: list[tuple[Any, slice]] = []
         self.scratch: dict[str, Any] = {}
+        self.predict_logits: Tensor | None = None
 
     @property
     def stream_logits(self) -> Tensor:
@@ -418,6 +422,8 @@ class Learner:
             batch = batch.to(dev, non_blocking=True)
         hooks = self.hooks
         step = Step(self.step_index, batch, experience)
+        if batch.predict is not None and len(batch.predict):
+            step.predict_logits = self.predict(batch.predict)
         x, y, task = batch.x, batch.y, batch.task
         if hooks.has["replay_batch"]:
             pairs = hooks.replay_batch(self, step)
@@ -457,6 +463,15 @@ class Learner:
                 self.end_experience(None)
                 self.start_experience(None)
         return step
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Logits for ``batch.x`` from the current model, in eval mode, without gradients."""
+        was = self.model.training
+        self.model.eval()
+        out = self.forward(batch.x, batch.task)
+        self.model.train(was)
+        return out
 
     def _concat_replay(self, step: Step, pairs: list[tuple[Any, Batch]]) -> tuple[Tensor, Tensor | None]:
         xs, tasks = [step.batch.x], [step.batch.task]

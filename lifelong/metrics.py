@@ -5,11 +5,17 @@ on experience i (rows: training progress, columns: evaluation sets).
 Definitions follow Lopez-Paz & Ranzato (2017, NeurIPS; ACC, BWT, FWT) and
 Chaudhry et al. (2018, ECCV; average forgetting). Functions return
 ``None`` where the metric is undefined (fewer than two experiences).
+
+:func:`report_detections` scores detected boundaries of a task-free run
+against the stream's true change points (delay, missed changes, false
+alarms).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
+from typing import Any
 
 Matrix = Sequence[Sequence[float]]
 
@@ -45,3 +51,48 @@ def average_forgetting(R: Matrix) -> float | None:
         return None
     js = range(min(T - 1, cols))
     return sum(max(R[l][j] for l in range(T - 1)) - R[-1][j] for j in js) / len(js)
+
+
+def report_detections(true_change_points: Sequence[int], detected: Sequence[int],
+                      tolerance: int) -> dict[str, Any]:
+    """Score detected boundaries against the true change points (positions in samples).
+
+    Change ``c_i`` is *detected* by the first detection ``d`` with
+    ``c_i < d <= c_i + tolerance`` and ``d`` before the next change point
+    (a detection is reported after the batch that triggered it, so ``d = c_i``
+    saw no sample of the new concept). Its delay is ``d - c_i``. A change
+    with no such detection is *missed*. A detection that is not within the
+    tolerance window after some change is a *false alarm*; further
+    detections inside a window that was already detected are counted as
+    ``duplicates``, not false alarms.
+
+    Returns ``{"detections", "detected", "missed", "false_alarms",
+    "duplicates", "delays", "mean_delay"}`` (``mean_delay`` is ``None`` when
+    nothing was detected).
+    """
+    if tolerance < 1:
+        raise ValueError(f"tolerance must be >= 1 sample, got {tolerance}")
+    cps = sorted(int(c) for c in true_change_points)
+    dets = sorted(int(d) for d in detected)
+    delays: list[int] = []
+    false_alarms = duplicates = 0
+    hit = [False] * len(cps)
+    for d in dets:
+        # the last change point strictly before d, if d falls within its window
+        i = bisect.bisect_left(cps, d) - 1
+        if i < 0 or d - cps[i] > tolerance:
+            false_alarms += 1
+        elif hit[i]:
+            duplicates += 1
+        else:
+            hit[i] = True
+            delays.append(d - cps[i])
+    return {
+        "detections": len(dets),
+        "detected": sum(hit),
+        "missed": len(cps) - sum(hit),
+        "false_alarms": false_alarms,
+        "duplicates": duplicates,
+        "delays": delays,
+        "mean_delay": sum(delays) / len(delays) if delays else None,
+    }

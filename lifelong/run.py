@@ -24,6 +24,7 @@ from lifelong.learner import Learner, plugin_name
 from lifelong.plugins.evaluation import AccuracyMatrix, AnytimeAccuracy, Prequential, Resources
 from lifelong.registry import Registry, get_registry
 from lifelong.stream.base import Stream
+from lifelong.stream.delay import label_delay
 from lifelong.stream.transforms import TRANSFORMS
 
 __all__ = ["Run", "build", "execute", "run_config", "make_plugin"]
@@ -60,7 +61,7 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     cfg = resolve(raw, reg)
     seed = cfg["seed"]
 
-    sparams = {k: v for k, v in cfg["stream"].items() if k != "name"}
+    sparams = {k: v for k, v in cfg["stream"].items() if k not in ("name", "label_delay")}
     sentry = reg.get("stream", cfg["stream"]["name"])
     if "seed" in sentry.parameters() and "seed" not in sparams:
         sparams["seed"] = seed
@@ -77,6 +78,8 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         if strategy.stream_transform:
             stream = TRANSFORMS[strategy.stream_transform](stream)
     specs.extend(cfg["plugins"])
+    if cfg["stream"].get("label_delay"):
+        stream = label_delay(stream, cfg["stream"]["label_delay"])
 
     bparams = {k: v for k, v in cfg["backbone"].items() if k != "name"}
     torch.manual_seed(seed)
@@ -86,6 +89,10 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"},
                            seed=seed, registry=reg) for s in specs]
     ev = cfg["eval"]
+    user_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
+    if "every" not in user_eval and not stream.task_aware and stream.test:
+        # task-free runs: anytime accuracy on the seen experiences, once per prequential window
+        ev["every"] = ev.get("window", 100)
     observers: list[Any] = [Resources()]
     if ev.get("matrix", True):
         observers.append(AccuracyMatrix())

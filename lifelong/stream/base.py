@@ -40,12 +40,20 @@ class Batch:
 
     ``extras`` carries payload columns (stored logits for DER, loss scores,
     ...) that travel with the samples; it is ``None`` when there are none.
+
+    ``predict`` is set only by streams with delayed labels
+    (:func:`lifelong.stream.delay.label_delay`): the samples that *arrived*
+    at this step and must be predicted now, while ``x, y`` are older samples
+    whose labels have just come in. The learner predicts ``predict.x``
+    before it trains on ``x, y`` and never trains on ``predict``; its labels
+    are there only so that the evaluation can score those predictions.
     """
 
     x: Tensor
     y: Tensor
     task: Tensor | None = None
     extras: dict[str, Tensor] | None = None
+    predict: Batch | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -63,6 +71,7 @@ class Batch:
             self.y.to(device, non_blocking=non_blocking),
             task,
             extras,
+            None if self.predict is None else self.predict.to(device, non_blocking=non_blocking),
         )
 
 

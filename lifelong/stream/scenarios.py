@@ -388,7 +388,11 @@ class _WithoutTask(Experience):
     ) -> Iterator[Batch]:
         for b in self.inner.batches(batch_size, epochs=epochs, shuffle=shuffle, seed=seed,
                                     start=start):
-            yield b if b.task is None else Batch(b.x, b.y, None, b.extras)
+            predict = b.predict
+            if predict is not None and predict.task is not None:
+                predict = Batch(predict.x, predict.y)
+            yield b if b.task is None and predict is b.predict else Batch(b.x, b.y, None, b.extras,
+                                                                         predict)
 
 
 def _strip_task(exp: Experience) -> Experience:
