@@ -35,7 +35,7 @@ plugins:
 BASE = """
 seed: 3
 device: cpu
-stream: {name: blobs, n_experiences: 3, n_per_class: 300, task_aware: false}
+stream: {name: blobs, n_experiences: 3, n_per_class: 1000, task_aware: false}
 backbone: {name: mlp, hidden: [64, 64]}
 train: {batch_size: 5, lr: 0.05}
 eval: {every: 50, window: 20}
@@ -258,7 +258,7 @@ def test_labels_outside_declared_classes_in_a_streamed_source():
 
 def test_same_config_and_seed_give_identical_results(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(config_text().replace("n_per_class: 300", "n_per_class: 40"))
+    cfg.write_text(config_text().replace("n_per_class: 1000", "n_per_class: 40"))
     runs = []
     for i in range(2):
         assert main(["run", str(cfg), "--out", str(tmp_path / f"o{i}"), "--quiet"]) == 0
