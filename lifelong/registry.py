@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.synthetic",
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
+    "lifelong.plugins.er",
     "lifelong.strategies",
 )
 
