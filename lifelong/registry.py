@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
     "lifelong.plugins.er",
+    "lifelong.plugins.gem",
     "lifelong.plugins.agem",
     "lifelong.strategies",
 )
