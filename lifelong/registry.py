@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.er",
     "lifelong.plugins.gem",
     "lifelong.plugins.agem",
+    "lifelong.plugins.der",
     "lifelong.strategies",
 )
 
