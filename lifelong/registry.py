@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.agem",
     "lifelong.plugins.der",
     "lifelong.strategies",
+    "lifelong.strategies.replay",
 )
 
 
