@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -272,3 +273,35 @@ def test_replay_batch_of_empty_buffer_is_none():
     er.buffer_.add(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
     b = er.replay_batch(learner, SimpleNamespace(n_stream=3))
     assert isinstance(b, Batch) and len(b) == 2
+
+
+# ----------------------------------------------------------------------------- YAML and CLI
+
+YAML = """
+seed: 0
+device: cpu
+stream: {name: blobs, n_experiences: 2, n_per_class: 20, task_aware: TASK_AWARE}
+backbone: {name: mlp, hidden: [16]}
+strategy: STRATEGY
+plugins: [{name: er, mem_size: 10}]
+train: {batch_size: 5, lr: 0.05}
+"""
+
+
+def test_replay_methods_are_reachable_from_yaml_and_list(tmp_path, capsys):
+    from lifelong.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(YAML.replace("TASK_AWARE", "true")
+                   .replace("STRATEGY", "{name: derpp, mem_size: 20, batch_size: 5}"))
+    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["plugins"] == ["derpp", "er"] and metrics["final_avg_accuracy"] is not None
+    cfg.write_text(YAML.replace("TASK_AWARE", "false").replace("STRATEGY", "gem"))
+    assert main(["run", str(cfg), "--quiet"]) != 0
+    out, err = capsys.readouterr()
+    assert "'agem'" in out + err
+    assert main(["list"]) == 0
+    out, _ = capsys.readouterr()
+    for name in ("er", "gem", "agem", "der", "derpp"):
+        assert f"│ {name} " in out

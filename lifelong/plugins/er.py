@@ -23,7 +23,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +31,10 @@ from torch import Tensor
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, check_sizes
 from lifelong.stream.base import Batch
+
+if TYPE_CHECKING:
+    from lifelong.learner import Learner, Step
+    from lifelong.stream.base import Stream
 
 
 class ER:
@@ -48,27 +52,27 @@ class ER:
         self.buffer_: Buffer | None = None
 
     @hookimpl
-    def before_training(self, learner: Any, stream: Any) -> None:
+    def before_training(self, learner: Learner, stream: Stream) -> None:
         if self.batch_size is None:  # equal to the stream batch
             check_sizes(self.name, self.mem_size, learner.batch_size, "the stream's batch_size")
         self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
 
     @hookimpl
-    def replay_batch(self, learner: Any, step: Any) -> Batch | None:
+    def replay_batch(self, learner: Learner, step: Step) -> Batch | None:
         assert self.buffer_ is not None
         if len(self.buffer_) == 0:
             return None
         return self.buffer_.sample(self.batch_size or step.n_stream)
 
     @hookimpl
-    def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
+    def loss_terms(self, learner: Learner, step: Step) -> dict[str, Tensor] | None:
         logits, replay = step.logits_of(self), step.replay_of(self)
         if logits is None:
             return None
         return {"er": F.cross_entropy(logits, replay.y)}
 
     @hookimpl
-    def after_update(self, learner: Any, step: Any) -> None:
+    def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
         self.buffer_.add(step.batch.x, step.batch.y, step.batch.task)
 

@@ -118,6 +118,8 @@ class GEM:
         if not rows:
             return
         G, g = torch.stack(rows), flat_grad(params)
+        if not bool(torch.isfinite(G).all() & torch.isfinite(g).all()):
+            return  # a non-finite loss: the learner's nan_policy deals with it
         if bool((G @ g < 0).any()):
             set_flat_grad(params, gem_project(g, G, self.memory_strength, self.eps))
 
