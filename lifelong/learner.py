@@ -294,7 +294,8 @@ class Learner:
                 raise CompositionError(
                     f"plugin {name!r} needs experience boundaries, but stream {stream.name!r} is "
                     "task-free and no boundary detector is configured: add one (e.g. plugin "
-                    "'every_n' or a drift detector) or use a method that needs none")
+                    "'every_n' or a drift detector) or use a method that needs none"
+                    + (f" ({p.requires_hint})" if getattr(p, "requires_hint", None) else ""))
             if "task_labels" in needs and not stream.task_labels:
                 raise CompositionError(f"plugin {name!r} needs task labels, but stream "
                                        f"{stream.name!r} gives none (set task_labels: true)")

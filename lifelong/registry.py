@@ -30,6 +30,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.drift",
     "lifelong.backbones",
     "lifelong.plugins.evaluation",
+    "lifelong.plugins.er",
+    "lifelong.plugins.gem",
+    "lifelong.plugins.agem",
+    "lifelong.plugins.der",
+    "lifelong.plugins.generative_replay",
     "lifelong.plugins.ewc",
     "lifelong.plugins.si",
     "lifelong.plugins.lwf",
@@ -38,9 +43,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.plateau",
     "lifelong.plugins.every_n",
     "lifelong.strategies",
-    "lifelong.strategies.regularization",
-    "lifelong.plugins.generative_replay",
+    "lifelong.strategies.replay",
     "lifelong.strategies.generative",
+    "lifelong.strategies.regularization",
 )
 
 

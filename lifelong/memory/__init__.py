@@ -1,0 +1,21 @@
+"""Replay memories: preallocated tensor buffers with pluggable selection and retrieval.
+
+* :class:`Buffer` — columns ``x``, ``y``, ``task`` and named payloads, on one device.
+* Selection (what enters): :class:`Reservoir`, :class:`ClassBalanced`, :class:`Episodic`.
+* Retrieval (what is replayed): :class:`RandomRetrieval`, or any callable
+  ``(buffer, n, generator, **context) -> slots``.
+"""
+
+from lifelong.memory.buffer import Buffer, check_sizes, last_writer_wins
+from lifelong.memory.selection import (
+    ClassBalanced,
+    Episodic,
+    RandomRetrieval,
+    Reservoir,
+    Retrieval,
+    Selection,
+    reservoir_slots,
+)
+
+__all__ = ["Buffer", "ClassBalanced", "Episodic", "RandomRetrieval", "Reservoir", "Retrieval",
+           "Selection", "check_sizes", "last_writer_wins", "reservoir_slots"]

@@ -1,0 +1,144 @@
+"""GEM: gradient episodic memory, the update projected so no past task's loss rises.
+
+Each task keeps an episodic memory (its last m samples; m = mem_size / T
+when the number of tasks T is known, shrinking as tasks appear otherwise).
+At every step the gradient ``g_k`` of each past task's memory loss is
+computed; if the update ``g`` conflicts with one (``<g, g_k> < 0``) it is
+replaced by the closest ``g~`` with ``<g~, g_k> >= 0`` for every k. With
+``G`` the matrix of the ``g_k`` (one per row), that projection is solved in
+its dual, a QP with one variable per past task (the paper's Eq. 11-12):
+
+    min_v  1/2 v' G G' v + g' G' v   s.t.  v >= 0,      g~ = G' v + g.
+
+``memory_strength`` (gamma) is the paper's "small constant added to v*" that
+biases the update towards backward transfer; it is applied as the bound
+``v >= gamma``, which keeps every constraint satisfied. ``eps`` adds
+``eps * I`` to ``G G'`` so that the QP stays strictly convex when two task
+gradients are parallel (solver: ``quadprog``, Goldfarb & Idnani 1983).
+
+Lopez-Paz & Ranzato, "Gradient episodic memory for continual learning",
+NeurIPS 2017. Defaults: ``memory_strength=0.5`` and 256 memories per task
+(``mem_size=5120`` = 256 x the 20 tasks of its MNIST experiments), both
+from the paper's experiment script (``run_experiments.sh``). Needs task
+boundaries (announced, or from a detector); each step syncs with the host
+to solve the QP.
+
+Examples
+--------
+>>> from lifelong.testing import tiny_stream, make_learner
+>>> stream = tiny_stream()
+>>> learner = make_learner([GEM(mem_size=30)], stream).fit(stream)
+>>> learner.plugins[0].task_
+2
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import quadprog
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+from lifelong.memory import Buffer, Episodic, check_sizes
+from lifelong.plugins._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+
+if TYPE_CHECKING:
+    from lifelong.learner import Learner, Step
+    from lifelong.stream.base import Experience, Stream
+
+
+def gem_project(g: Tensor, G: Tensor, memory_strength: float = 0.0, eps: float = 1e-3) -> Tensor:
+    """The gradient closest to ``g`` with ``G @ g~ >= 0``, via the dual QP (float64 on the host).
+
+    :param g: the update, shape ``(P,)``.
+    :param G: one past-task gradient per row, shape ``(K, P)``.
+    :param memory_strength: lower bound gamma on the dual variables (0: the exact projection).
+    :param eps: ridge added to ``G G'`` for strict convexity; the constraints then hold up
+        to ``eps * v`` (negligible next to ``G G'`` for real gradients; 0 for the exact one).
+    """
+    Gd, gd = G.detach().double().cpu().numpy(), g.detach().double().cpu().numpy()
+    k = Gd.shape[0]
+    P = Gd @ Gd.T
+    P = 0.5 * (P + P.T) + eps * np.eye(k)
+    v = quadprog.solve_qp(P, -(Gd @ gd), np.eye(k), np.full(k, float(memory_strength)))[0]
+    return (torch.from_numpy(Gd.T @ v + gd)).to(device=g.device, dtype=g.dtype)
+
+
+class GEM:
+    """Gradient episodic memory (Lopez-Paz & Ranzato 2017): per-task memories, QP projection."""
+
+    name = "gem"
+    requires = ("boundaries",)
+    owns = ("gradient",)
+    requires_hint = ("GEM keeps one memory per task and needs to know where tasks end: use "
+                     "plugin 'agem' (A-GEM, one averaged constraint over a reservoir memory, no "
+                     "boundaries needed) or add a boundary detector")
+
+    def __init__(self, *, mem_size: int = 5120, memory_strength: float = 0.5, eps: float = 1e-3,
+                 seed: int = 0):
+        check_sizes(self.name, mem_size, None)
+        if not memory_strength >= 0 or not eps >= 0:
+            raise ConfigError(f"plugin 'gem': memory_strength and eps must be >= 0, got "
+                              f"{memory_strength!r} and {eps!r}")
+        self.mem_size = mem_size
+        self.memory_strength = memory_strength
+        self.eps = eps
+        self.seed = seed
+        self.buffer_: Buffer | None = None
+        self.task_ = -1
+
+    @hookimpl
+    def before_training(self, learner: Learner, stream: Stream) -> None:
+        n_tasks = stream.n_experiences if stream.task_aware else None
+        self.buffer_ = Buffer(self.mem_size, selection=Episodic(n_tasks), device=learner.device,
+                              seed=self.seed)
+        self.task_ = -1
+
+    @hookimpl
+    def before_experience(self, learner: Learner, experience: Experience | None) -> None:
+        self.task_ += 1
+
+    @hookimpl
+    def before_update(self, learner: Learner, step: Step) -> None:
+        buf = self.buffer_
+        assert buf is not None and isinstance(buf.selection, Episodic)
+        params = trainable(learner.model)
+        rows = []
+        for k in range(self.task_):
+            slots = buf.selection.slots_of(buf, k)
+            if len(slots):
+                mem = buf.gather(slots)
+                loss = F.cross_entropy(learner.forward(mem.x, mem.task), mem.y)
+                rows.append(flat_grad_of(loss, params))
+        if not rows:
+            return
+        G, g = torch.stack(rows), flat_grad(params)
+        if not bool(torch.isfinite(G).all() & torch.isfinite(g).all()):
+            return  # a non-finite loss: the learner's nan_policy deals with it
+        if bool((G @ g < 0).any()):
+            set_flat_grad(params, gem_project(g, G, self.memory_strength, self.eps))
+
+    @hookimpl
+    def after_update(self, learner: Learner, step: Step) -> None:
+        assert self.buffer_ is not None
+        b = step.batch
+        self.buffer_.add(b.x, b.y, torch.full_like(b.y, max(self.task_, 0)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"task": self.task_,
+                "buffer": self.buffer_.state_dict() if self.buffer_ is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task_ = int(state["task"])
+        if state["buffer"] is not None and self.buffer_ is not None:
+            self.buffer_.load_state_dict(state["buffer"])
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "gem", GEM)
