@@ -30,14 +30,14 @@ PLUGINS = """
 plugins:
   - {name: er, mem_size: 100}
   - {name: ewc}
-  - {name: every_n, n: 40}
+  - {name: every_n, every: 40}
 """
 BASE = """
 seed: 3
 device: cpu
 stream: {name: blobs, n_experiences: 3, n_per_class: 1000, task_aware: false}
 backbone: {name: mlp, hidden: [64, 64]}
-train: {batch_size: 5, lr: 0.05}
+train: {batch_size: 5, optimizer: adam, lr: 0.001}
 eval: {every: 50, window: 20}
 """
 
