@@ -50,12 +50,12 @@ def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int
 
 
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
-                 **kwargs: Any) -> Learner:
+                 lr: float = 0.05, **kwargs: Any) -> Learner:
     """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix."""
     torch.manual_seed(seed)
     model = mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[32])
     return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],
-                   device="cpu", seed=seed, batch_size=batch_size, lr=0.05, **kwargs)
+                   device="cpu", seed=seed, batch_size=batch_size, lr=lr, **kwargs)
 
 
 def assert_same_state(a: Any, b: Any, path: str = "state") -> None:
