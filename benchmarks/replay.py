@@ -127,11 +127,11 @@ def ordering(means: dict[str, float]) -> str:
 
 def table(title: str, columns: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
     print(f"\n{title}")
-    print(f"{'method':<12}" + "".join(f"{c:>30}" for c in columns))
+    print(f"{'method':<18}" + "".join(f"{c:>30}" for c in columns))
     for m in METHODS:
         if all(m not in col for col in columns.values()):
             continue
-        print(f"{m:<12}" + "".join(f"{cell(col[m]) if m in col else 'n/a':>30}"
+        print(f"{m:<18}" + "".join(f"{cell(col[m]) if m in col else 'n/a':>30}"
                                    for col in columns.values()))
     means = {c: {m: statistics.mean(v) for m, v in col.items()} for c, col in columns.items()}
     for c, ms in means.items():

@@ -9,8 +9,8 @@ On a task-free stream with known change points, compare for each regularizer:
 * ``<reg> oracle`` — consolidated at the true change points (the same stream with
   its boundaries announced): the reference a detector tries to approach.
 
-Regularizers: ``ewc, si, mas`` by default (any registered name via
-``--regularizers``), each with its paper defaults.
+Regularizers: ``ewc, si, mas`` by default, each with its paper defaults; any
+registered name and parameters via ``--regularizers``, e.g. ``si:c=10.0``.
 
 Stream: ``permuted_mnist`` (task-free, 5 experiences of 4000 images;
 domain-incremental, where parameter regularization is known to help), MLP
@@ -65,6 +65,21 @@ def run(reg: Any, stream: dict[str, Any], plugins: list[dict[str, Any]],
     return out
 
 
+def parse_spec(item: str) -> dict[str, Any]:
+    """``"si:c=10"`` -> ``{"name": "si", "c": 10.0}``."""
+    name, _, rest = item.partition(":")
+    spec: dict[str, Any] = {"name": name}
+    for kv in filter(None, rest.split(";")):
+        key, _, value = kv.partition("=")
+        spec[key] = float(value) if any(ch in value for ch in ".e") else int(value)
+    return spec
+
+
+def label(spec: dict[str, Any]) -> str:
+    extra = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({extra})" if extra else spec["name"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stream", default="permuted_mnist")
@@ -73,19 +88,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     reg = build_registry()
-    names = args.regularizers.split(",")
-    for n in names:
-        reg.get("plugin", n)  # an unknown name fails here, naming what exists
+    specs = [parse_spec(item) for item in args.regularizers.split(",")]
+    for spec in specs:
+        reg.get("plugin", spec["name"])  # an unknown name fails here, naming what exists
     seeds = [int(s) for s in args.seeds.split(",")]
     free = {"name": args.stream, "task_free": True}
     aware = {"name": args.stream, "task_free": False}
     rows: dict[str, dict[str, Any]] = {"finetune": run(reg, free, [], seeds)}
-    for name in names:
-        rows[f"{name} never"] = run(reg, free, [{"name": name},
-                                                {"name": "every_n", "every": 10**9}], seeds)
+    for spec in specs:
+        name = label(spec)
+        rows[f"{name} never"] = run(reg, free, [spec, {"name": "every_n", "every": 10**9}],
+                                    seeds)
         for dname, det in DETECTORS.items():
-            rows[f"{name} + {dname}"] = run(reg, free, [{"name": name}, det], seeds)
-        rows[f"{name} oracle"] = run(reg, aware, [{"name": name}], seeds)
+            rows[f"{name} + {dname}"] = run(reg, free, [spec, det], seeds)
+        rows[f"{name} oracle"] = run(reg, aware, [spec], seeds)
     print(f"seeds {seeds}; means over seeds")
     print(f"{'run':28s} {'ACC':>6s} {'forgetting':>16s} {'prequential':>11s} {'boundaries':>10s}")
     for k, v in rows.items():
