@@ -449,10 +449,10 @@ class Learner:
             if len(losses) > 1:
                 loss = sum(losses.values())  # type: ignore[assignment]
         step.loss = loss
-        loss.backward()
-        if hooks.has["before_update"]:
-            hooks.before_update(self, step)
-        if self._loss_ok(loss):
+        if self._loss_ok(loss):  # a non-finite loss never reaches backward or the plugins
+            loss.backward()
+            if hooks.has["before_update"]:
+                hooks.before_update(self, step)
             self.optimizer.step()
             if hooks.has["after_update"]:
                 hooks.after_update(self, step)
