@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lifelong import Batch
 from lifelong.checkpoint import load_checkpoint, save_checkpoint
 from lifelong.cli import main
 from lifelong.errors import CheckpointError, ConfigError, DataError
@@ -275,3 +276,17 @@ def test_config_error_for_bad_checkpoint_section(tmp_path, capsys):
     with pytest.raises(ConfigError):
         from lifelong.config import resolve
         resolve({"stream": {"name": "blobs"}, "checkpoint": {"every": "often"}})
+
+
+def test_a_class_first_seen_mid_stream_trains_and_is_evaluated():
+    def rows():
+        g = random.Random(1)
+        for i in range(300):
+            label = g.randrange(2) if i < 150 else g.randrange(3)  # class 2 appears at 150
+            yield {"a": label + g.gauss(0, 0.1), "b": g.random()}, label
+
+    stream = from_river(rows, num_classes=3, n_samples=300)
+    learner = make_learner([], stream, lr=0.2, epochs=3)
+    learner.fit(stream)
+    x = torch.tensor([[2.0, 0.5], [0.0, 0.5]])
+    assert learner.predict(Batch(x, torch.tensor([2, 0]))).argmax(1).tolist() == [2, 0]
