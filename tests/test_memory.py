@@ -229,3 +229,18 @@ def test_state_dict_roundtrip_restores_the_buffer_exactly(selection):
     feed(b, 5, 12)
     assert_same_state(a.state_dict(), b.state_dict())
     assert torch.equal(a.sample(7).x, b.sample(7).x)
+
+
+def test_a_saved_buffer_is_never_dropped_on_load():
+    import pytest
+
+    from lifelong.errors import CheckpointError
+    from lifelong.plugins.er import ER
+    from lifelong.testing import make_learner, tiny_stream
+
+    stream = tiny_stream()
+    trained = ER()
+    make_learner([trained], stream).fit(stream, stop_after=5)
+    state = trained.state_dict()
+    with pytest.raises(CheckpointError, match="'er'.*before the run was assembled"):
+        ER().load_state_dict(state)

@@ -6,7 +6,13 @@
   ``(buffer, n, generator, **context) -> slots``.
 """
 
-from lifelong.memory.buffer import Buffer, check_sizes, last_writer_wins
+from lifelong.memory.buffer import (
+    Buffer,
+    buffer_state,
+    check_sizes,
+    last_writer_wins,
+    load_buffer_state,
+)
 from lifelong.memory.selection import (
     ClassBalanced,
     Episodic,
@@ -18,4 +24,5 @@ from lifelong.memory.selection import (
 )
 
 __all__ = ["Buffer", "ClassBalanced", "Episodic", "RandomRetrieval", "Reservoir", "Retrieval",
-           "Selection", "check_sizes", "last_writer_wins", "reservoir_slots"]
+           "Selection", "buffer_state", "check_sizes", "last_writer_wins", "load_buffer_state",
+           "reservoir_slots"]

@@ -52,6 +52,22 @@ def check_sizes(plugin: str, mem_size: Any, batch_size: Any, what: str = "batch_
                           f"than the buffer (mem_size={mem_size}); lower it or raise mem_size")
 
 
+def buffer_state(buffer: Buffer | None) -> dict[str, Any] | None:
+    """A plugin's buffer as checkpoint data (``None`` before ``before_training``)."""
+    return None if buffer is None else buffer.state_dict()
+
+
+def load_buffer_state(plugin: str, buffer: Buffer | None, state: dict[str, Any] | None) -> None:
+    """Restore a saved buffer; a saved buffer with nowhere to go is an error, not dropped."""
+    if state is None:
+        return
+    if buffer is None:
+        raise CheckpointError(f"plugin {plugin!r}: a saved replay buffer was loaded before the "
+                              "run was assembled; load the state after before_training "
+                              "(Learner.fit(stream, state=...) does)")
+    buffer.load_state_dict(state)
+
+
 def last_writer_wins(slots: Tensor, trash: int) -> Tensor:
     """Resolve samples of one batch aimed at the same slot as sequential writes would.
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lifelong.hookspecs import hookimpl
-from lifelong.memory import Buffer, check_sizes
+from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.stream.base import Batch
 
 if TYPE_CHECKING:
@@ -83,11 +83,10 @@ class DER:
         self.buffer_.add(b.x, b.y, b.task, logits=step.stream_logits.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer_.state_dict() if self.buffer_ is not None else None}
+        return {"buffer": buffer_state(self.buffer_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["buffer"] is not None and self.buffer_ is not None:
-            self.buffer_.load_state_dict(state["buffer"])
+        load_buffer_state(self.name, self.buffer_, state["buffer"])
 
 
 class DERpp(DER):

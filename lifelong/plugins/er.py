@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lifelong.hookspecs import hookimpl
-from lifelong.memory import Buffer, check_sizes
+from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.stream.base import Batch
 
 if TYPE_CHECKING:
@@ -77,11 +77,10 @@ class ER:
         self.buffer_.add(step.batch.x, step.batch.y, step.batch.task)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer_.state_dict() if self.buffer_ is not None else None}
+        return {"buffer": buffer_state(self.buffer_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["buffer"] is not None and self.buffer_ is not None:
-            self.buffer_.load_state_dict(state["buffer"])
+        load_buffer_state(self.name, self.buffer_, state["buffer"])
 
 
 @hookimpl

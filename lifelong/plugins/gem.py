@@ -44,7 +44,7 @@ from torch import Tensor
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
-from lifelong.memory import Buffer, Episodic, check_sizes
+from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_buffer_state
 from lifelong.plugins._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
 
 if TYPE_CHECKING:
@@ -131,12 +131,11 @@ class GEM:
 
     def state_dict(self) -> dict[str, Any]:
         return {"task": self.task_,
-                "buffer": self.buffer_.state_dict() if self.buffer_ is not None else None}
+                "buffer": buffer_state(self.buffer_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.task_ = int(state["task"])
-        if state["buffer"] is not None and self.buffer_ is not None:
-            self.buffer_.load_state_dict(state["buffer"])
+        load_buffer_state(self.name, self.buffer_, state["buffer"])
 
 
 @hookimpl
