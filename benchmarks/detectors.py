@@ -39,9 +39,9 @@ import torch
 from lifelong import Learner
 from lifelong.backbones import mlp
 from lifelong.metrics import report_detections
-from lifelong.plugins.drift import ADWIN, KSWIN, PageHinkley
-from lifelong.plugins.every_n import EveryN
-from lifelong.plugins.plateau import Plateau
+from lifelong.plugins.boundaries import ADWIN, KSWIN, PageHinkley
+from lifelong.plugins.boundaries.every_n import EveryN
+from lifelong.plugins.boundaries.plateau import Plateau
 from lifelong.stream.drift import mnist_endless, sea_drift, stagger_drift
 
 STREAMS: dict[str, Callable[[int], Any]] = {

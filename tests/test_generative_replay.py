@@ -12,7 +12,7 @@ from lifelong import CompositionError, ConfigError, Learner, hookimpl
 from lifelong.backbones import mlp
 from lifelong.learner import Step
 from lifelong.plugins.evaluation import AccuracyMatrix
-from lifelong.plugins.generative_replay import (
+from lifelong.plugins.replay.generative_replay import (
     GenerativeReplay,
     build_vae,
     kl_divergence,

@@ -235,7 +235,7 @@ def test_a_saved_buffer_is_never_dropped_on_load():
     import pytest
 
     from lifelong.errors import CheckpointError
-    from lifelong.plugins.er import ER
+    from lifelong.plugins.replay.er import ER
     from lifelong.testing import make_learner, tiny_stream
 
     stream = tiny_stream()

@@ -13,10 +13,10 @@ from torch import nn
 from lifelong import CompositionError, ConfigError, Learner, hookimpl
 from lifelong.backbones import mlp
 from lifelong.plugins.evaluation import AccuracyMatrix
-from lifelong.plugins.ewc import EWC, OnlineEWC, ewc_penalty, fisher_diagonal, merge_quadratic
-from lifelong.plugins.lwf import LwF, distillation_loss
-from lifelong.plugins.mas import MAS, mas_importance
-from lifelong.plugins.si import SI, path_integral_step_, si_importance
+from lifelong.plugins.regularization.ewc import EWC, OnlineEWC, ewc_penalty, fisher_diagonal, merge_quadratic
+from lifelong.plugins.regularization.lwf import LwF, distillation_loss
+from lifelong.plugins.regularization.mas import MAS, mas_importance
+from lifelong.plugins.regularization.si import SI, path_integral_step_, si_importance
 from lifelong.registry import get_registry
 from lifelong.stream import scenarios
 from lifelong.stream.base import Batch
@@ -449,10 +449,10 @@ def test_presets_carry_the_plugins_defaults():
                 assert defaults[key] == value, (name, key)
 
 
-@pytest.mark.parametrize("module", ["ewc", "si", "lwf", "mas", "_regularization"])
+@pytest.mark.parametrize("module", ["ewc", "si", "lwf", "mas", "_common"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
 
-    result = doctest.testmod(importlib.import_module(f"lifelong.plugins.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lifelong.plugins.regularization.{module}"))
     assert result.attempted > 0 and result.failed == 0

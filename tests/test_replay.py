@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from lifelong import Batch, CompositionError, ConfigError, Learner, hookimpl
 from lifelong.backbones import mlp
-from lifelong.plugins._gradients import flat_grad, flat_grad_of, trainable
-from lifelong.plugins.agem import AGEM, agem_project
-from lifelong.plugins.der import DER, DERpp
-from lifelong.plugins.er import ER
 from lifelong.plugins.evaluation import AccuracyMatrix
-from lifelong.plugins.gem import GEM, gem_project
+from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, trainable
+from lifelong.plugins.replay.agem import AGEM, agem_project
+from lifelong.plugins.replay.der import DER, DERpp
+from lifelong.plugins.replay.er import ER
+from lifelong.plugins.replay.gem import GEM, gem_project
 from lifelong.run import run_config
 from lifelong.stream.catalog import split_digits
 from lifelong.testing import make_learner, tiny_stream

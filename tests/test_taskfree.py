@@ -13,10 +13,11 @@ import torch
 from lifelong import hookimpl
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.metrics import report_detections
-from lifelong.plugins.drift import ADWIN, KSWIN, PageHinkley, batch_signal
+from lifelong.plugins.boundaries import ADWIN, KSWIN, PageHinkley
+from lifelong.plugins.boundaries._signal import batch_signal
+from lifelong.plugins.boundaries.every_n import EveryN
+from lifelong.plugins.boundaries.plateau import Plateau, plateau_boundaries
 from lifelong.plugins.evaluation import Prequential
-from lifelong.plugins.every_n import EveryN
-from lifelong.plugins.plateau import Plateau, plateau_boundaries
 from lifelong.registry import Registry, get_registry
 from lifelong.run import build
 from lifelong.stream import drift as ds

@@ -2,7 +2,7 @@
 
 * ``dgr`` — Deep Generative Replay (Shin et al., NeurIPS 2017): a VAE
   generator replays old inputs, the previous solver labels them
-  (:class:`lifelong.plugins.generative_replay.GenerativeReplay`; the
+  (:class:`lifelong.plugins.replay.generative_replay.GenerativeReplay`; the
   parameters here are that plugin's, with its defaults).
 """
 

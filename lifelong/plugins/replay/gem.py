@@ -45,7 +45,7 @@ from torch import Tensor
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_buffer_state
-from lifelong.plugins._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step

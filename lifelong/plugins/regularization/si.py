@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
-from lifelong.plugins._regularization import fit_to, grow_to, quadratic_penalty, trainable
+from lifelong.plugins.regularization._common import fit_to, grow_to, quadratic_penalty, trainable
 
 __all__ = ["SI", "path_integral_step_", "si_importance"]
 

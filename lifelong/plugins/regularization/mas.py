@@ -40,7 +40,7 @@ from torch.func import grad, vmap
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
-from lifelong.plugins._regularization import (
+from lifelong.plugins.regularization._common import (
     RecentInputs,
     chunk_size,
     eval_mode,

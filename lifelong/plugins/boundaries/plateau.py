@@ -26,7 +26,7 @@ A plateau fires *after* a change has been learned, not when it happens:
 measured against true change points its "delay" is the time to learn the
 new data plus the window, and the first plateau precedes any change. That
 is by design: it marks consolidation points. Signals reach the host every
-``sync_every`` batches (see :mod:`lifelong.plugins.drift`).
+``sync_every`` batches (see :mod:`lifelong.plugins.boundaries._signal`).
 
 Examples
 --------
@@ -46,7 +46,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
-from lifelong.plugins.drift import SignalBuffer, batch_signal, check_signal, resolve_sync
+from lifelong.plugins.boundaries._signal import SignalBuffer, batch_signal, check_signal, resolve_sync
 
 __all__ = ["Plateau", "PlateauRule", "plateau_boundaries"]
 

@@ -1,0 +1,76 @@
+"""KSWIN: a Kolmogorov-Smirnov test between the old and recent parts of a sliding window.
+
+Raab, Heusinger & Schleif, "Reactive soft prototype computing for concept
+drift streams", Neurocomputing 2020; river's implementation with river
+0.26's defaults (``alpha=0.005``, ``window_size=100``, ``stat_size=30``).
+river's KSWIN draws from ``random.Random(seed)``, and ``seed`` here
+defaults to 0 (river's own default, ``None``, would not be reproducible);
+its window and generator state are saved as plain numbers and lists.
+
+Examples
+--------
+>>> from lifelong.testing import tiny_stream, make_learner
+>>> stream = tiny_stream(task_aware=False)
+>>> learner = make_learner([KSWIN(window_size=20, stat_size=5)], stream).fit(stream)
+>>> learner.boundaries_detected == learner.plugins[0].detections_
+True
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from typing import Any
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
+
+__all__ = ["KSWIN"]
+
+
+class KSWIN(_RiverDetector):
+    """KSWIN (river): a Kolmogorov-Smirnov test between a sliding window's old and recent parts."""
+
+    name = "kswin"
+
+    def __init__(self, *, alpha: float = 0.005, window_size: int = 100, stat_size: int = 30,
+                 signal: str = "loss", sync_every: int | None = None, seed: int = 0) -> None:
+        check_signal("kswin", signal, sync_every)
+        if not 0 < stat_size < window_size:
+            raise ConfigError(f"plugin 'kswin': need 0 < stat_size < window_size, got "
+                              f"stat_size={stat_size}, window_size={window_size}")
+        self.alpha = alpha
+        self.window_size = window_size
+        self.stat_size = stat_size
+        self.signal = signal
+        self.sync_every = sync_every
+        self.seed = seed
+        self._init_state()
+
+    def _make(self) -> Any:
+        from river import drift
+
+        return drift.KSWIN(alpha=self.alpha, window_size=self.window_size,
+                           stat_size=self.stat_size, seed=self.seed)
+
+    def _snapshot(self) -> dict[str, Any]:
+        d = self.detector_
+        version, internal, gauss = d._rng.getstate()
+        return {"drift_detected": bool(d._drift_detected), "p_value": float(d.p_value),
+                "n": int(d.n), "window": [float(v) for v in d.window],
+                "rng": {"version": version, "state": list(internal), "gauss_next": gauss}}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        d = self.detector_
+        d._drift_detected = bool(state["drift_detected"])
+        d.p_value, d.n = state["p_value"], state["n"]
+        d.window = collections.deque(state["window"], maxlen=self.window_size)
+        rng = state["rng"]
+        d._rng = random.Random()
+        d._rng.setstate((rng["version"], tuple(rng["state"]), rng["gauss_next"]))
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "kswin", KSWIN)

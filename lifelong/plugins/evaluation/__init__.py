@@ -1,0 +1,9 @@
+"""Evaluation: views of the learner's one evaluation engine (accuracy matrix, anytime, prequential)."""
+
+
+from lifelong.plugins.evaluation.accuracy_matrix import AccuracyMatrix
+from lifelong.plugins.evaluation.anytime import AnytimeAccuracy
+from lifelong.plugins.evaluation.prequential import Prequential
+from lifelong.plugins.evaluation.resources import Resources
+
+__all__ = ["AccuracyMatrix", "AnytimeAccuracy", "Prequential", "Resources"]

@@ -1,0 +1,56 @@
+"""Accuracy on held-out data of every experience
+seen so far, every ``every`` batches (Koh et al. 2022, "Online continual
+learning on class incremental blurry task configuration with anytime
+inference").
+
+Its ``summary() -> dict`` goes into ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+
+__all__ = ["AnytimeAccuracy"]
+
+
+class AnytimeAccuracy:
+    """Every ``every`` batches, accuracy on the held-out data of all experiences seen so far."""
+
+    name = "anytime"
+
+    def __init__(self, *, every: int = 100) -> None:
+        if every < 1:
+            raise ConfigError(f"eval.every must be >= 1, got {every}")
+        self.every = every
+        self.curve_: list[tuple[int, float, float]] = []
+
+    @hookimpl
+    def after_update(self, learner: Any, step: Any) -> None:
+        if (step.index + 1) % self.every:
+            return
+        stream = learner.stream
+        if stream is None or not stream.test:
+            return
+        seen = stream.test[: learner.experience_index + 1]
+        rep = learner.evaluate(seen, kind="anytime")
+        self.curve_.append((learner.samples_seen, sum(rep.class_il) / len(seen),
+                            sum(rep.task_il) / len(seen)))
+
+    def summary(self) -> dict[str, Any]:
+        accs = [a for _, a, _ in self.curve_]
+        return {"anytime_accuracy": [list(c) for c in self.curve_],
+                "avg_anytime_accuracy": sum(accs) / len(accs) if accs else None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": self.curve_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve_ = [tuple(c) for c in state["curve"]]  # type: ignore[misc]
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "anytime", AnytimeAccuracy)
