@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _render_result(console, metrics)
     if out is not None:
         path = write_metrics(metrics, out)
-        write_model(learner, out)
+        write_model(learner, out, run)
         if checkpointer is not None:
             checkpointer.save(learner, finished=True)
         console.print(f"metrics written to {path}")

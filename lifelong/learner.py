@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lifelong import hookspecs
 from lifelong.errors import CompositionError, ConfigError, DataError, NonFiniteLossError
+from lifelong.features import FeatureCapture
 from lifelong.stream.base import Batch, EvalSet, Experience, Stream
 
 __all__ = ["Learner", "Step", "EvalReport", "resolve_device", "HookFacade"]
@@ -256,6 +257,19 @@ class Learner:
         self.stream: Stream | None = None
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
+        self._features: FeatureCapture | None = None
+
+    @property
+    def features(self) -> FeatureCapture:
+        """Activations of named modules of the model, captured in the training forward pass.
+
+        Request layers in ``before_training`` (``learner.features.request("body.1")``) and
+        read them in ``loss_terms`` (``learner.features["body.1"]``); see
+        :mod:`lifelong.features`. Hooks are removed when :meth:`fit` returns or raises.
+        """
+        if self._features is None:
+            self._features = FeatureCapture(self.model)
+        return self._features
 
     # ------------------------------------------------------------------ assembly
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -341,24 +355,28 @@ class Learner:
         :param stop_after: return (without closing the experience) once this many
             steps have been taken in total; the state can then be saved and resumed.
         """
-        self.begin(stream, evaluate=evaluate and state is None)
-        if state is not None:
-            self.load_state_dict(state)
-        self.model.train()
-        self._stop_after = stop_after
-        for i, exp in enumerate(stream.experiences()):
-            if i < self.experience_index:
-                continue
-            try:
-                self.train_experience(exp, progress=progress, start=self.batch_in_experience)
-            except _StopRun:
-                return self
-            if evaluate and stream.test:
-                self.evaluate(kind="experience_end")
-            self.experience_index += 1
-            self.batch_in_experience = 0
-        self.end()
-        return self
+        try:
+            self.begin(stream, evaluate=evaluate and state is None)
+            if state is not None:
+                self.load_state_dict(state)
+            self.model.train()
+            self._stop_after = stop_after
+            for i, exp in enumerate(stream.experiences()):
+                if i < self.experience_index:
+                    continue
+                try:
+                    self.train_experience(exp, progress=progress, start=self.batch_in_experience)
+                except _StopRun:
+                    return self
+                if evaluate and stream.test:
+                    self.evaluate(kind="experience_end")
+                self.experience_index += 1
+                self.batch_in_experience = 0
+            self.end()
+            return self
+        finally:
+            if self._features is not None:  # nothing stays attached after the run or on error
+                self._features.close()
 
     def begin(self, stream: Stream, *, evaluate: bool = True) -> None:
         """Assemble the run on ``stream``: checks, ``before_training``, baseline eval."""
@@ -410,6 +428,8 @@ class Learner:
         new = self.hooks.expand_model(self, experience)
         if new is not None:
             self.model = new.to(self.device).train()
+            if self._features is not None:
+                self._features.rebind(self.model)
             self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
             self.optimizer = self._make_optimizer()
 

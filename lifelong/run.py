@@ -147,12 +147,24 @@ def write_metrics(metrics: dict[str, Any], out_dir: str | os.PathLike[str]) -> P
     return path
 
 
-def write_model(learner: Learner, out_dir: str | os.PathLike[str]) -> Path:
-    """Write the final model weights to ``out_dir/model.pt`` (a plain state dict)."""
+def write_model(learner: Learner, out_dir: str | os.PathLike[str], run: Run | None = None) -> Path:
+    """Write the final weights to ``out_dir/model.pt`` (a plain state dict).
+
+    With ``run``, ``model.json`` beside it describes the backbone (config, input
+    shape, classes), so the model can serve as a teacher (:mod:`lifelong.teachers`).
+    """
     path = Path(out_dir) / "model.pt"
     tmp = path.with_name(".model.pt.tmp")
     torch.save(learner.model.state_dict(), tmp)
     os.replace(tmp, path)
+    if run is not None:
+        from lifelong.teachers import model_description
+
+        desc = Path(out_dir) / "model.json"
+        tmp = desc.with_name(".model.json.tmp")
+        tmp.write_text(json.dumps(model_description(run.config, run.stream.input_shape,
+                                                    run.stream.num_classes), indent=2))
+        os.replace(tmp, desc)
     return path
 
 
