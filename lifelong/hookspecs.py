@@ -136,6 +136,34 @@ def after_experience(learner: Learner, experience: Experience | None) -> None:
     """
 
 
+@hookspec
+def parameter_groups(learner: Learner, model: nn.Module) -> dict[str, float] | None:
+    """Contribute learning-rate multipliers for parameters, by name prefix; 0 freezes.
+
+    Why a hook: fine-tuning presets (frozen layers, layer-wise learning rates,
+    scale-and-bias patches) and models with their own learning-rate
+    multipliers need the optimizer's parameter groups, which the learner
+    builds; a plugin must not rebuild the optimizer itself. Called whenever
+    the learner builds its optimizer: when the run is assembled, after
+    ``before_training``, after ``expand_model`` replaced the model, and on
+    resume.
+
+    :param learner: the learner.
+    :param model: the model the optimizer is built for.
+
+    Returns ``{prefix: multiplier}``: a parameter whose name equals ``prefix``
+    or starts with ``prefix + "."`` gets ``lr * multiplier`` (``""`` matches
+    every parameter). Collected: the multipliers of every plugin (and of the
+    model's own ``lr_multipliers()``, if it has one) multiply; a parameter
+    whose multiplier is 0 is frozen (``requires_grad=False``, no optimizer
+    state). Example::
+
+        @hookimpl
+        def parameter_groups(self, learner, model):
+            return {"body": 0.0, "head": 1.0}     # train only the head
+    """
+
+
 @hookspec(firstresult=True)
 def expand_model(learner: Learner, experience: Experience | None) -> nn.Module | None:
     """Return a new model to train from now on, or ``None`` to keep the current one.

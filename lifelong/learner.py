@@ -129,7 +129,8 @@ class HookFacade:
         self._h = h
         self.has = {name: bool(getattr(h, name).get_hookimpls())
                     for name in ("replay_batch", "loss_terms", "combine_losses", "before_update",
-                                 "after_update", "detect_boundary", "expand_model", "after_eval")}
+                                 "after_update", "detect_boundary", "expand_model", "after_eval",
+                                 "parameter_groups")}
 
     def before_training(self, learner: Learner, stream: Stream) -> None:
         self._h.before_training(learner=learner, stream=stream)
@@ -142,6 +143,9 @@ class HookFacade:
 
     def after_experience(self, learner: Learner, experience: Experience | None) -> None:
         self._h.after_experience(learner=learner, experience=experience)
+
+    def parameter_groups(self, learner: Learner, model: nn.Module) -> list[dict[str, float]]:
+        return self._h.parameter_groups(learner=learner, model=model)
 
     def expand_model(self, learner: Learner, experience: Experience | None) -> nn.Module | None:
         if not self.has["expand_model"]:
@@ -234,7 +238,6 @@ class Learner:
         self.nan_policy = nan_policy
         self.check_every = check_every or (1 if self.device.type == "cpu" else 100)
         self.detect_in_task_aware = detect_in_task_aware
-        self.optimizer = self._make_optimizer()
         self.pm = pluggy.PluginManager("lifelong")
         self.pm.add_hookspecs(hookspecs)
         for i, p in enumerate(self.plugins):
@@ -245,6 +248,7 @@ class Learner:
             raise CompositionError(f"plugin {exc.plugin!r}: {exc}") from exc
         self._check_composition()
         self.hooks = HookFacade(self.pm)
+        self.optimizer = self._make_optimizer()
         # run state (part of a checkpoint)
         self.step_index = 0
         self.samples_seen = 0
@@ -272,8 +276,40 @@ class Learner:
         return self._features
 
     # ------------------------------------------------------------------ assembly
+    def lr_multipliers(self) -> dict[str, float]:
+        """Each parameter's learning-rate multiplier (``parameter_groups`` hook and the model's own)."""
+        sources = []
+        own = getattr(self.model, "lr_multipliers", None)
+        if callable(own):
+            sources.append(own())
+        if self.hooks.has["parameter_groups"]:
+            sources.extend(self.hooks.parameter_groups(self, self.model))
+        mult = {n: 1.0 for n, _ in self.model.named_parameters()}
+        for groups in sources:
+            for prefix, m in (groups or {}).items():
+                if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+                    raise ConfigError(f"learning-rate multiplier for {prefix!r} must be a finite "
+                                      f"number >= 0, got {m!r}")
+                hit = [n for n in mult if not prefix or n == prefix or n.startswith(prefix + ".")]
+                if not hit:
+                    raise ConfigError(f"no parameter of the model is named {prefix!r} or below it; "
+                                      f"parameters: {', '.join(list(mult)[:30])}")
+                for n in hit:
+                    mult[n] *= float(m)
+        return mult
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        mult = self.lr_multipliers()
+        groups: dict[float, list[nn.Parameter]] = {}
+        for n, p in self.model.named_parameters():
+            if mult[n] == 0.0:
+                p.requires_grad_(False)
+            elif p.requires_grad:
+                groups.setdefault(mult[n], []).append(p)
+        if set(groups) <= {1.0}:
+            params: Any = groups.get(1.0, [])
+        else:
+            params = [{"params": ps, "lr": self.lr * m} for m, ps in groups.items()]
         spec = self.optimizer_spec
         if callable(spec):
             return spec(params)
@@ -384,6 +420,8 @@ class Learner:
         self._check_stream(stream)
         torch.manual_seed(self.seed)
         self.hooks.before_training(self, stream)
+        if self.hooks.has["parameter_groups"]:  # plugins may decide their groups from the stream
+            self.optimizer = self._make_optimizer()
         if evaluate and stream.test and self.step_index == 0:
             self.evaluate(kind="initial")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong import Batch, CompositionError, DataError, Learner, NonFiniteLossError, hookimpl
+from lifelong import Batch, CompositionError, ConfigError, DataError, Learner, NonFiniteLossError, hookimpl
 from lifelong.backbones import mlp
 from lifelong.plugins.evaluation import AccuracyMatrix
 from lifelong.stream.synthetic import blobs
@@ -14,7 +14,7 @@ from lifelong.testing import make_learner, tiny_stream
 
 HOOKS = ("before_training", "before_experience", "expand_model", "replay_batch", "loss_terms",
          "combine_losses", "before_update", "after_update", "detect_boundary",
-         "after_experience", "after_eval", "after_training")
+         "after_experience", "after_eval", "after_training", "parameter_groups")
 
 
 class Recorder:
@@ -71,6 +71,10 @@ class Recorder:
     def after_eval(self, learner, report):
         self.calls.append(f"after_eval({report.kind})")
 
+    @hookimpl
+    def parameter_groups(self, learner, model):
+        self.calls.append("parameter_groups")
+
 
 STEP = ["replay_batch", "loss_terms", "combine_losses", "before_update", "after_update"]
 
@@ -80,7 +84,7 @@ def test_golden_hook_sequence_task_aware():
     rec = Recorder()
     Learner(mlp(input_shape=(1, 4, 4), num_classes=4), plugins=[rec], batch_size=4,
             device="cpu").fit(stream)
-    expected = ["before_training", "after_eval(initial)"]
+    expected = ["parameter_groups", "before_training", "parameter_groups", "after_eval(initial)"]
     for e in range(2):
         expected += [f"before_experience({e})", "expand_model", *STEP * 2,
                      f"after_experience({e})", "after_eval(experience_end)"]
@@ -95,7 +99,8 @@ def test_golden_hook_sequence_task_free_asks_for_boundaries():
     Learner(mlp(input_shape=(1, 4, 4), num_classes=4), plugins=[rec], batch_size=4,
             device="cpu").fit(stream)
     step = [*STEP, "detect_boundary"]
-    expected = ["before_training", "after_eval(initial)", "before_experience(None)",
+    expected = ["parameter_groups", "before_training", "parameter_groups", "after_eval(initial)",
+                "before_experience(None)",
                 "expand_model", *step * 2, "after_eval(experience_end)", *step * 2,
                 "after_experience(None)", "after_eval(experience_end)", "after_training"]
     assert rec.calls == expected
@@ -345,3 +350,35 @@ def test_every_hook_is_documented(hook):
     for p in params:
         assert f":param {p}:" in doc, f"{hook}: parameter {p} is not documented"
     assert "Example" in doc and "@hookimpl" in doc, f"{hook}: no example"
+
+
+class _Groups:
+    def __init__(self, groups):
+        self.groups = groups
+
+    @hookimpl
+    def parameter_groups(self, learner, model):
+        return self.groups
+
+
+def test_parameter_groups_freeze_and_scale_the_learning_rate():
+    stream = blobs(n_experiences=1, classes_per_experience=2, n_per_class=4, n_test_per_class=2)
+    model = mlp(input_shape=(1, 4, 4), num_classes=2, hidden=[3])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learner = Learner(model, plugins=[_Groups({"body": 0.0}), _Groups({"head.weight": 0.5}),
+                                      _Groups({"head": 0.5})], batch_size=4, device="cpu", lr=0.2)
+    lrs = sorted(g["lr"] for g in learner.optimizer.param_groups)
+    assert lrs == [0.05, 0.1]  # head.weight 0.2 * 0.5 * 0.5, head.bias 0.2 * 0.5
+    learner.fit(stream)
+    for n, p in learner.model.named_parameters():
+        if n.startswith("body"):
+            assert torch.equal(p, before[n]) and not p.requires_grad
+        else:
+            assert not torch.equal(p, before[n])
+
+
+@pytest.mark.parametrize("groups", [{"nope": 1.0}, {"body": -1.0}, {"body": float("nan")}])
+def test_bad_parameter_groups_are_config_errors(groups):
+    model = mlp(input_shape=(1, 4, 4), num_classes=2, hidden=[3])
+    with pytest.raises(ConfigError):
+        Learner(model, plugins=[_Groups(groups)], device="cpu")
