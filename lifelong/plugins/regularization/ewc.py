@@ -45,8 +45,9 @@ Examples
 >>> from lifelong.testing import tiny_stream, make_learner
 >>> stream = tiny_stream()
 >>> learner = make_learner([EWC()], stream).fit(stream)
->>> learner.plugins[0].n_consolidations_
-3
+>>> plugin = learner.plugins[0]    # the last boundary is computed only if training goes on
+>>> plugin.n_consolidations_, plugin.pending_
+(2, True)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
+from lifelong.plugins.regularization._per_sample import fastest, reduce_per_sample_grads
 
 __all__ = ["EWC", "OnlineEWC", "ewc_penalty", "fisher_diagonal", "merge_quadratic"]
 
@@ -110,25 +112,17 @@ def merge_quadratic(weight: Tensor, center: Tensor, const: Tensor, new_weight: T
     return total, merged, const
 
 
-def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
-                    sample: bool = False, generator: torch.Generator | None = None
-                    ) -> dict[str, Tensor]:
-    """Diagonal Fisher ``mean_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta)^2]`` per parameter.
+def sample_classes(probs: Tensor, u: Tensor) -> Tensor:
+    """``y_n ~ probs[n]`` by inverse CDF from uniforms ``u`` (draws do not depend on chunking)."""
+    cdf = probs.cumsum(1)
+    y = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)).squeeze(1)
+    return y.clamp_max(probs.shape[1] - 1)
 
-    Per-sample gradients come from ``vmap`` over the inputs (never from a
-    mini-batch average); the model is put in evaluation mode meanwhile.
-    ``sample=False``: the expectation over classes is exact
-    (``sum_y p(y|x) g_y^2``, one vectorized pass per class); ``sample=True``:
-    one ``y ~ p(y|x)`` per input, drawn with ``generator``.
-    ``task``: task ids, used only by task-conditioned models.
-    """
-    if task is None:
-        task = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+def _fisher_vmap(model: nn.Module, x: Tensor, task: Tensor, u: Tensor | None) -> dict[str, Tensor]:
+    """The reference path: per-sample gradients with ``torch.func.vmap``, chunked."""
     params, f = functional(model)
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    n = x.shape[0]
-    if n == 0:
-        return fisher
 
     def log_prob_of(ps: dict[str, Tensor], xi: Tensor, ti: Tensor, pick: Tensor) -> Tensor:
         # sum_c pick_c log p_c: pick = onehot(y) (sampled) or sqrt(p_c) e_c (exact), a constant
@@ -136,20 +130,72 @@ def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
 
     per_sample_grad = vmap(grad(log_prob_of), in_dims=(None, 0, 0, 0))
     step = chunk_size(params)
+    for i in range(0, x.shape[0], step):
+        xc, tc = x[i:i + step], task[i:i + step]
+        with torch.no_grad():
+            probs = vmap(f, in_dims=(None, 0, 0))(params, xc, tc).softmax(-1)
+        if u is not None:
+            y = sample_classes(probs, u[i:i + step])
+            picks = [F.one_hot(y, probs.shape[1]).to(probs.dtype)]
+        else:   # every class c: the gradient of sqrt(p_c) log p_c, squared, is p_c g_c^2
+            eye = torch.eye(probs.shape[1], dtype=probs.dtype, device=probs.device)
+            picks = [eye[c] * probs[:, c:c + 1].sqrt() for c in range(probs.shape[1])]
+        for pick in picks:
+            for name, g in per_sample_grad(params, xc, tc, pick).items():
+                fisher[name] += g.square().sum(0)
+    return fisher
+
+
+def _fisher_one_backward(model: nn.Module, x: Tensor, task: Tensor, u: Tensor | None
+                         ) -> dict[str, Tensor] | None:
+    """Sum of squared per-sample gradients from one backward (``None``: model not covered)."""
+    conditioned = bool(getattr(model, "task_conditioned", False))
+
+    def forward() -> Tensor:
+        return model(x, task) if conditioned else model(x)
+
+    def scalars(logits: Tensor) -> list[Tensor]:
+        logp = F.log_softmax(logits, dim=-1)
+        probs = logp.detach().exp()
+        if u is not None:
+            return [logp.gather(1, sample_classes(probs, u).unsqueeze(1)).squeeze(1)]
+        return [probs[:, c].sqrt() * logp[:, c] for c in range(logp.shape[1])]
+
+    return reduce_per_sample_grads(model, forward, scalars, reduce="square")
+
+
+def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
+                    sample: bool = False, generator: torch.Generator | None = None,
+                    method: str = "auto") -> dict[str, Tensor]:
+    """Diagonal Fisher ``mean_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta)^2]`` per parameter.
+
+    Per-sample gradients, never a mini-batch average; the model is put in
+    evaluation mode meanwhile. ``sample=False``: the expectation over classes
+    is exact (``sum_y p(y|x) g_y^2``, one pass per class); ``sample=True``: one
+    ``y ~ p(y|x)`` per input, drawn by inverse CDF from uniforms of
+    ``generator`` (so the draws do not depend on how the work is chunked).
+    ``method``: ``"backward"`` sums the squares from one ordinary backward
+    (:mod:`~lifelong.plugins.regularization._per_sample`; linear and conv
+    layers), ``"vmap"`` is the exact ``torch.func`` reference, ``"auto"`` the
+    faster of the two for the model (``_per_sample.fastest``). ``task``: task
+    ids, used only by task-conditioned models.
+    """
+    if method not in ("auto", "backward", "vmap"):
+        raise ValueError(f"method must be 'auto', 'backward' or 'vmap', got {method!r}")
+    if task is None:
+        task = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    n = x.shape[0]
+    if n == 0:
+        return {k: torch.zeros_like(p) for k, p in trainable(model).items()}
+    u = torch.rand(n, generator=generator, device=x.device) if sample else None
     with eval_mode(model):
-        for i in range(0, n, step):
-            xc, tc = x[i:i + step], task[i:i + step]
-            with torch.no_grad():
-                probs = vmap(f, in_dims=(None, 0, 0))(params, xc, tc).softmax(-1)
-            if sample:
-                y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                picks = [F.one_hot(y, probs.shape[1]).to(probs.dtype)]
-            else:   # every class c: the gradient of sqrt(p_c) log p_c, squared, is p_c g_c^2
-                eye = torch.eye(probs.shape[1], dtype=probs.dtype, device=probs.device)
-                picks = [eye[c] * probs[:, c:c + 1].sqrt() for c in range(probs.shape[1])]
-            for pick in picks:
-                for name, g in per_sample_grad(params, xc, tc, pick).items():
-                    fisher[name] += g.square().sum(0)
+        use = method == "backward" or (method == "auto" and fastest(model))
+        fisher = _fisher_one_backward(model, x, task, u) if use else None
+        if fisher is None:
+            if method == "backward":
+                raise ValueError("the model has layers the one-backward path does not cover; "
+                                 "use method='vmap' or 'auto'")
+            fisher = _fisher_vmap(model, x, task, u)
     return {name: v / n for name, v in fisher.items()}
 
 
@@ -191,6 +237,7 @@ class EWC:
         self.center_: dict[str, Tensor] = {}   # Fisher-weighted mean anchor, or theta*
         self.const_: Tensor | None = None      # constant remainder of the merged quadratic
         self.n_consolidations_ = 0
+        self.pending_ = False   # a boundary passed; its consolidation is computed when needed
         self._recent: RecentInputs | None = None
         self._gen: torch.Generator | None = None
 
@@ -210,6 +257,8 @@ class EWC:
 
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
+        if self.pending_:  # a boundary without a following before_experience (direct use)
+            self.consolidate(learner.model)
         if not self.n_consolidations_:
             return None
         penalty = ewc_penalty(dict(learner.model.named_parameters()), self.center_, self.weight_)
@@ -228,12 +277,21 @@ class EWC:
 
     @hookimpl
     def after_experience(self, learner: Any, experience: Any) -> None:
-        self.consolidate(learner.model)
+        # computed when a penalty first needs it (the next experience's start): the last
+        # experience of a run is never consolidated for nothing; the parameters and the
+        # recent inputs are the same then, so the result is too
+        self.pending_ = True
+
+    @hookimpl
+    def before_experience(self, learner: Any, experience: Any) -> None:
+        if self.pending_:
+            self.consolidate(learner.model)
 
     # ------------------------------------------------------------------ state
     def consolidate(self, model: nn.Module) -> None:
         """Fold the Fisher at the current parameters into the running quadratic."""
         assert self._recent is not None and self.const_ is not None
+        self.pending_ = False
         if self._recent.count == 0:
             return
         x, task = self._recent.contents()
@@ -251,6 +309,7 @@ class EWC:
                 self.weight_[name], self.center_[name], self.const_ = merge_quadratic(
                     w, c, self.const_, f, theta)
         self.n_consolidations_ += 1
+        self.pending_ = False
         self._recent.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -258,7 +317,7 @@ class EWC:
         return {"weight": {k: v.clone() for k, v in self.weight_.items()},
                 "center": {k: v.clone() for k, v in self.center_.items()},
                 "const": None if self.const_ is None else self.const_.clone(),
-                "n_consolidations": self.n_consolidations_,
+                "n_consolidations": self.n_consolidations_, "pending": self.pending_,
                 "recent": self._recent.state_dict(), "generator": self._gen.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -268,6 +327,7 @@ class EWC:
         self.center_ = {k: v.to(dev) for k, v in state["center"].items()}
         self.const_ = None if state["const"] is None else state["const"].to(dev)
         self.n_consolidations_ = int(state["n_consolidations"])
+        self.pending_ = bool(state.get("pending", False))
         self._recent.load_state_dict(state["recent"])
         self._gen.set_state(state["generator"])
 

@@ -12,9 +12,12 @@ per-parameter tensors: the cost per step does not grow with the number of
 consolidations. It is the consolidation a task-free loss-plateau detector
 (Aljundi et al., CVPR 2019) triggers through ``after_experience(None)``.
 
-The gradients are per sample, as in the paper's equation (vectorized with
-``torch.func.vmap``), not the reference code's shortcut of the gradient of
-a mini-batch sum (``|sum_k g_k|`` is not ``sum_k |g_k|``).
+The gradients are per sample, as in the paper's equation, not the
+reference code's shortcut of the gradient of a mini-batch sum
+(``|sum_k g_k|`` is not ``sum_k |g_k|``). For models made of linear layers
+``sum_k |g_k|`` comes from one ordinary backward (``|delta|^T |a|`` per
+layer, :mod:`~lifelong.plugins.regularization._per_sample`); other models
+use ``torch.func.vmap``, which a test checks the fast path against.
 
 Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars, "Memory aware
 synapses: learning what (not) to forget", ECCV 2018. Defaults:
@@ -25,8 +28,9 @@ Examples
 >>> from lifelong.testing import tiny_stream, make_learner
 >>> stream = tiny_stream()
 >>> learner = make_learner([MAS()], stream).fit(stream)
->>> learner.plugins[0].n_consolidations_
-3
+>>> plugin = learner.plugins[0]    # the last boundary is computed only if training goes on
+>>> plugin.n_consolidations_, plugin.pending_
+(2, True)
 """
 
 from __future__ import annotations
@@ -49,34 +53,56 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
+from lifelong.plugins.regularization._per_sample import fastest, reduce_per_sample_grads
 
 __all__ = ["MAS", "mas_importance"]
 
 
-def mas_importance(model: nn.Module, x: Tensor, task: Tensor | None = None) -> dict[str, Tensor]:
+def mas_importance(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
+                   method: str = "auto") -> dict[str, Tensor]:
     """``mean_k |d ||f(x_k)||^2 / d theta|`` per parameter, from per-sample gradients.
 
     The model is put in evaluation mode meanwhile; ``task`` is used only by
-    task-conditioned models.
+    task-conditioned models. ``method``: ``"backward"`` (``sum_k |g_k|`` from one
+    ordinary backward, linear and conv layers), ``"vmap"`` (the ``torch.func``
+    reference) or ``"auto"`` (the faster for the model), as in
+    :func:`~lifelong.plugins.regularization.ewc.fisher_diagonal`.
     """
+    if method not in ("auto", "backward", "vmap"):
+        raise ValueError(f"method must be 'auto', 'backward' or 'vmap', got {method!r}")
     if task is None:
         task = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    params, f = functional(model)
-    out = {n: torch.zeros_like(p) for n, p in params.items()}
     n = x.shape[0]
     if n == 0:
-        return out
+        return {k: torch.zeros_like(p) for k, p in trainable(model).items()}
+    conditioned = bool(getattr(model, "task_conditioned", False))
+    with eval_mode(model):
+        out = None
+        if method == "backward" or (method == "auto" and fastest(model)):
+            out = reduce_per_sample_grads(
+                model, lambda: model(x, task) if conditioned else model(x),
+                lambda logits: [logits.square().sum(1)], reduce="abs")
+            if out is None and method == "backward":
+                raise ValueError("the model has layers the one-backward path does not cover; "
+                                 "use method='vmap' or 'auto'")
+        if out is None:
+            out = _mas_vmap(model, x, task)
+    return {name: v / n for name, v in out.items()}
+
+
+def _mas_vmap(model: nn.Module, x: Tensor, task: Tensor) -> dict[str, Tensor]:
+    params, f = functional(model)
+    out = {n: torch.zeros_like(p) for n, p in params.items()}
 
     def sq_norm(ps: dict[str, Tensor], xi: Tensor, ti: Tensor) -> Tensor:
         return f(ps, xi, ti).square().sum()
 
     per_sample = vmap(grad(sq_norm), in_dims=(None, 0, 0))
     step = chunk_size(params)
-    with eval_mode(model):
-        for i in range(0, n, step):
-            for name, g in per_sample(params, x[i:i + step], task[i:i + step]).items():
-                out[name] += g.abs().sum(0)
-    return {name: v / n for name, v in out.items()}
+    for i in range(0, x.shape[0], step):
+        for name, g in per_sample(params, x[i:i + step], task[i:i + step]).items():
+            out[name] += g.abs().sum(0)
+    return out
 
 
 class MAS:
@@ -101,6 +127,7 @@ class MAS:
         self.importance_: dict[str, Tensor] = {}
         self.anchor_: dict[str, Tensor] = {}
         self.n_consolidations_ = 0
+        self.pending_ = False   # a boundary passed; its consolidation is computed when needed
         self._recent: RecentInputs | None = None
 
     @property
@@ -117,6 +144,8 @@ class MAS:
 
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
+        if self.pending_:  # a boundary without a following before_experience (direct use)
+            self.consolidate(learner.model)
         if not self.n_consolidations_:
             return None
         params = dict(learner.model.named_parameters())
@@ -131,12 +160,21 @@ class MAS:
 
     @hookimpl
     def after_experience(self, learner: Any, experience: Any) -> None:
-        self.consolidate(learner.model)
+        # computed when a penalty first needs it (the next experience's start): the last
+        # experience of a run is never consolidated for nothing; the parameters and the
+        # recent inputs are the same then, so the result is too
+        self.pending_ = True
+
+    @hookimpl
+    def before_experience(self, learner: Any, experience: Any) -> None:
+        if self.pending_:
+            self.consolidate(learner.model)
 
     # ------------------------------------------------------------------ state
     def consolidate(self, model: nn.Module) -> None:
         """Add the importance at the current parameters; they become the anchor."""
         assert self._recent is not None
+        self.pending_ = False
         if self._recent.count == 0:
             return
         x, task = self._recent.contents()
@@ -147,13 +185,15 @@ class MAS:
             self.importance_[name] = old + omega
             self.anchor_[name] = params[name].detach().clone()
         self.n_consolidations_ += 1
+        self.pending_ = False
         self._recent.clear()
 
     def state_dict(self) -> dict[str, Any]:
         assert self._recent is not None
         return {"importance": {k: v.clone() for k, v in self.importance_.items()},
                 "anchor": {k: v.clone() for k, v in self.anchor_.items()},
-                "n_consolidations": self.n_consolidations_, "recent": self._recent.state_dict()}
+                "n_consolidations": self.n_consolidations_, "pending": self.pending_,
+                "recent": self._recent.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self._recent is not None
@@ -161,6 +201,7 @@ class MAS:
         self.importance_ = {k: v.to(dev, copy=True) for k, v in state["importance"].items()}
         self.anchor_ = {k: v.to(dev, copy=True) for k, v in state["anchor"].items()}
         self.n_consolidations_ = int(state["n_consolidations"])
+        self.pending_ = bool(state.get("pending", False))
         self._recent.load_state_dict(state["recent"])
 
 
