@@ -173,6 +173,12 @@ def expand_model(learner: Learner, experience: Experience | None) -> nn.Module |
     moves it to its device and rebuilds the optimizer. Decider: at most one
     plugin may implement it.
 
+    Resuming a grown model: such a plugin also has a method
+    ``grown_model(learner) -> Module | None`` that builds, from its own
+    ``state_dict`` alone (already loaded), the architecture it had grown (any
+    weights: the checkpoint's are loaded into it next). The learner calls it
+    when it loads a checkpoint, before the model's weights.
+
     :param learner: the learner; ``learner.model`` is the current model.
     :param experience: the experience starting (``None`` if detected).
 

@@ -437,11 +437,13 @@ class Learner:
                          start: int = 0) -> None:
         """Train on one experience (from batch ``start`` on, when resuming)."""
         announce = self._announce()
+        stop = self._stop_after
+        if stop is not None and self.step_index >= stop:
+            raise _StopRun  # before the boundary hooks, so a resume runs them exactly once
         if start == 0 and (announce or self.experience_index == 0):
             self.start_experience(experience if announce else None)
         batches = experience.batches(self.batch_size, epochs=self.epochs,
                                      seed=self.seed, start=start)
-        stop = self._stop_after
         check_inputs = not experience.finite_checked
         for batch in batches:
             if stop is not None and self.step_index >= stop:
@@ -465,11 +467,36 @@ class Learner:
         self.hooks.before_experience(self, experience)
         new = self.hooks.expand_model(self, experience)
         if new is not None:
-            self.model = new.to(self.device).train()
-            if self._features is not None:
-                self._features.rebind(self.model)
-            self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
-            self.optimizer = self._make_optimizer()
+            self._install_model(new)
+
+    def _install_model(self, new: nn.Module) -> None:
+        """Train ``new`` from now on (grown by the expansion plugin): features, optimizer follow."""
+        self.model = new.to(self.device).train()
+        if self._features is not None:
+            self._features.rebind(self.model)
+        self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
+        self.optimizer = self._make_optimizer()
+
+    def _regrow(self, state: dict[str, Any]) -> set[str]:
+        """Before loading a checkpoint's weights: let the expansion plugin rebuild the grown model.
+
+        The plugin implementing ``expand_model`` loads its own state first and, through
+        its ``grown_model(learner)`` method, returns the architecture that state
+        describes (or ``None`` when nothing has grown yet). Returns the plugin keys
+        whose state is already loaded.
+        """
+        done: set[str] = set()
+        for impl in self.pm.hook.expand_model.get_hookimpls():
+            p = impl.plugin
+            key = next((f"{i}:{plugin_name(q)}" for i, q in enumerate(self.plugins) if q is p), None)
+            if key is None or not hasattr(p, "load_state_dict") or key not in state["plugins"]:
+                continue
+            p.load_state_dict(state["plugins"][key])
+            done.add(key)
+            grown = p.grown_model(self) if hasattr(p, "grown_model") else None
+            if grown is not None:
+                self._install_model(grown)
+        return done
 
     def end_experience(self, experience: Experience | None) -> None:
         self.hooks.after_experience(self, experience)
@@ -661,12 +688,13 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
         self.model.load_state_dict(state["model"])
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         for i, p in enumerate(self.plugins):
             key = f"{i}:{plugin_name(p)}"
-            if hasattr(p, "load_state_dict") and key in state["plugins"]:
+            if hasattr(p, "load_state_dict") and key in state["plugins"] and key not in loaded:
                 p.load_state_dict(state["plugins"][key])
         c = state["counters"]
         self.step_index, self.samples_seen = c["step_index"], c["samples_seen"]

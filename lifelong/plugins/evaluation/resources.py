@@ -1,5 +1,7 @@
 """Wall time, throughput (samples/s of training, eval
-  excluded), peak resident memory and peak CUDA memory.
+  excluded), peak resident memory and peak CUDA memory, and the model's
+  parameter count after each experience (``params_per_experience``: it
+  grows under expansion methods).
 
 Every plugin here has ``summary() -> dict`` that goes into ``metrics.json``.
 
@@ -28,12 +30,17 @@ class Resources:
         self._t0: float | None = None
         self.wall_time_s_ = 0.0
         self.samples_ = 0
+        self.params_per_experience_: list[int] = []
 
     @hookimpl
     def before_training(self, learner: Any, stream: Any) -> None:
         self._t0 = time.perf_counter()
         if learner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(learner.device)
+
+    @hookimpl
+    def after_experience(self, learner: Any, experience: Any) -> None:
+        self.params_per_experience_.append(sum(p.numel() for p in learner.model.parameters()))
 
     @hookimpl
     def after_training(self, learner: Any) -> None:
@@ -55,13 +62,16 @@ class Resources:
             "samples_per_second": self.samples_ / train_s if self.samples_ else 0.0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_cuda_mb": getattr(self, "_cuda", None),
+            "params_per_experience": list(self.params_per_experience_),
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"wall_time_s": self.wall_time_s_}
+        return {"wall_time_s": self.wall_time_s_,
+                "params_per_experience": list(self.params_per_experience_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wall_time_s_ = state["wall_time_s"]
+        self.params_per_experience_ = [int(n) for n in state.get("params_per_experience", [])]
 
 
 @hookimpl
