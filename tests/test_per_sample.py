@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lifelong.backbones import cnn, mlp, resnet
-from lifelong.plugins.regularization._per_sample import fastest, reduce_per_sample_grads, supported
+from lifelong.per_sample import fastest, reduce_per_sample_grads, supported
 from lifelong.plugins.regularization.ewc import fisher_diagonal, sample_classes
 from lifelong.plugins.regularization.mas import mas_importance
 
@@ -101,3 +101,50 @@ def test_inverse_cdf_sampling_follows_the_probabilities():
     u = torch.rand(10, generator=torch.Generator().manual_seed(1))
     p = torch.rand(10, 4).softmax(1)
     assert torch.equal(sample_classes(p, u)[5:], sample_classes(p[5:], u[5:]))
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_grouped_gradients_equal_one_backward_per_group(arch):
+    from lifelong.per_sample import grouped_grads
+    from lifelong.plugins.replay._gradients import flat_grad_of, trainable
+
+    torch.manual_seed(0)
+    model = MODELS[arch]()
+    sizes = [5, 1, 9]
+    x = torch.randn(sum(sizes), 1, 8, 8)
+    y = torch.randint(0, 5, (sum(sizes),))
+    w = torch.cat([torch.full((n,), 1.0 / n) for n in sizes])
+    G = grouped_grads(model, lambda: model(x), lambda out: torch.nn.functional.cross_entropy(
+        out, y, reduction="none") * w, sizes)
+    params = trainable(model)
+    want = torch.stack([flat_grad_of(torch.nn.functional.cross_entropy(model(xs), ys), params)
+                        for xs, ys in zip(x.split(sizes), y.split(sizes))])
+    torch.testing.assert_close(G, want, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_gradients_refuse_batch_norm_in_training_mode():
+    from lifelong.per_sample import grouped_grads
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    assert grouped_grads(net, lambda: net(x), lambda o: o.sum(1), [3, 3]) is None
+    net.eval()
+    assert grouped_grads(net, lambda: net(x), lambda o: o.sum(1), [3, 3]) is not None
+
+
+def test_gem_task_gradients_match_the_per_task_backward():
+    from lifelong.plugins.replay._gradients import flat_grad_of, trainable
+    from lifelong.plugins.replay.gem import GEM
+    from lifelong.stream.base import Batch
+    from lifelong.testing import make_learner, tiny_stream
+
+    stream = tiny_stream()
+    learner = make_learner([], stream)
+    torch.manual_seed(1)
+    mems = [Batch(torch.randn(n, *stream.input_shape), torch.randint(0, 6, (n,)),
+                  torch.full((n,), k)) for k, n in enumerate([4, 7])]
+    params = trainable(learner.model)
+    got = GEM._task_gradients(learner, mems, params)
+    want = torch.stack([flat_grad_of(torch.nn.functional.cross_entropy(
+        learner.forward(m.x, m.task), m.y), params) for m in mems])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

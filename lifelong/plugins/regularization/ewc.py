@@ -71,7 +71,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
-from lifelong.plugins.regularization._per_sample import fastest, reduce_per_sample_grads
+from lifelong.per_sample import fastest, reduce_per_sample_grads
 
 __all__ = ["EWC", "OnlineEWC", "ewc_penalty", "fisher_diagonal", "merge_quadratic"]
 
@@ -175,9 +175,9 @@ def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
     ``y ~ p(y|x)`` per input, drawn by inverse CDF from uniforms of
     ``generator`` (so the draws do not depend on how the work is chunked).
     ``method``: ``"backward"`` sums the squares from one ordinary backward
-    (:mod:`~lifelong.plugins.regularization._per_sample`; linear and conv
+    (:mod:`~lifelong.per_sample`; linear and conv
     layers), ``"vmap"`` is the exact ``torch.func`` reference, ``"auto"`` the
-    faster of the two for the model (``_per_sample.fastest``). ``task``: task
+    faster of the two for the model (``lifelong.per_sample.fastest``). ``task``: task
     ids, used only by task-conditioned models.
     """
     if method not in ("auto", "backward", "vmap"):

@@ -16,7 +16,7 @@ The gradients are per sample, as in the paper's equation, not the
 reference code's shortcut of the gradient of a mini-batch sum
 (``|sum_k g_k|`` is not ``sum_k |g_k|``). For models made of linear layers
 ``sum_k |g_k|`` comes from one ordinary backward (``|delta|^T |a|`` per
-layer, :mod:`~lifelong.plugins.regularization._per_sample`); other models
+layer, :mod:`~lifelong.per_sample`); other models
 use ``torch.func.vmap``, which a test checks the fast path against.
 
 Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars, "Memory aware
@@ -53,7 +53,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
-from lifelong.plugins.regularization._per_sample import fastest, reduce_per_sample_grads
+from lifelong.per_sample import fastest, reduce_per_sample_grads
 
 __all__ = ["MAS", "mas_importance"]
 

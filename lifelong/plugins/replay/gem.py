@@ -21,7 +21,11 @@ NeurIPS 2017. Defaults: ``memory_strength=0.5`` and 256 memories per task
 (``mem_size=5120`` = 256 x the 20 tasks of its MNIST experiments), both
 from the paper's experiment script (``run_experiments.sh``). Needs task
 boundaries (announced, or from a detector); each step syncs with the host
-to solve the QP.
+once (to learn whether a constraint is violated) and, only then, solves the
+QP on the ``K x K`` Gram matrix. The past tasks' gradients come from one
+forward and backward over all memories where the model allows it
+(:func:`lifelong.per_sample.grouped_grads`: linear and conv layers, no
+batch normalization in training mode), else one backward per task.
 
 Examples
 --------
@@ -45,28 +49,44 @@ from torch import Tensor
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_buffer_state
+from lifelong.per_sample import grouped_grads
 from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.stream.base import Batch
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step
     from lifelong.stream.base import Experience, Stream
 
 
-def gem_project(g: Tensor, G: Tensor, memory_strength: float = 0.0, eps: float = 1e-3) -> Tensor:
-    """The gradient closest to ``g`` with ``G @ g~ >= 0``, via the dual QP (float64 on the host).
+def gem_dual(GG: Tensor, Gg: Tensor, memory_strength: float = 0.0, eps: float = 1e-3) -> Tensor:
+    """The dual variables ``v`` of the projection QP from the small Gram matrices (host, float64).
+
+    :param GG: ``G G'``, shape ``(K, K)``; :param Gg: ``G g``, shape ``(K,)``.
+    """
+    P = GG.detach().double().cpu().numpy()
+    q = Gg.detach().double().cpu().numpy()
+    k = P.shape[0]
+    P = 0.5 * (P + P.T) + eps * np.eye(k)
+    v = quadprog.solve_qp(P, -q, np.eye(k), np.full(k, float(memory_strength)))[0]
+    return torch.from_numpy(v)
+
+
+def gem_project(g: Tensor, G: Tensor, memory_strength: float = 0.0, eps: float = 1e-3,
+                Gg: Tensor | None = None) -> Tensor:
+    """The gradient closest to ``g`` with ``G @ g~ >= 0``, via the dual QP.
+
+    Only the ``K x K`` Gram matrix and ``G g`` leave the device (in float64 for
+    the solver); ``g~ = G' v + g`` is formed on the device in ``g``'s precision.
 
     :param g: the update, shape ``(P,)``.
     :param G: one past-task gradient per row, shape ``(K, P)``.
     :param memory_strength: lower bound gamma on the dual variables (0: the exact projection).
     :param eps: ridge added to ``G G'`` for strict convexity; the constraints then hold up
         to ``eps * v`` (negligible next to ``G G'`` for real gradients; 0 for the exact one).
+    :param Gg: ``G @ g`` if the caller has it already.
     """
-    Gd, gd = G.detach().double().cpu().numpy(), g.detach().double().cpu().numpy()
-    k = Gd.shape[0]
-    P = Gd @ Gd.T
-    P = 0.5 * (P + P.T) + eps * np.eye(k)
-    v = quadprog.solve_qp(P, -(Gd @ gd), np.eye(k), np.full(k, float(memory_strength)))[0]
-    return (torch.from_numpy(Gd.T @ v + gd)).to(device=g.device, dtype=g.dtype)
+    v = gem_dual(G @ G.T, G @ g if Gg is None else Gg, memory_strength, eps)
+    return g + v.to(device=g.device, dtype=g.dtype) @ G
 
 
 class GEM:
@@ -108,20 +128,32 @@ class GEM:
         buf = self.buffer_
         assert buf is not None and isinstance(buf.selection, Episodic)
         params = trainable(learner.model)
-        rows = []
-        for k in range(self.task_):
-            slots = buf.selection.slots_of(buf, k)
-            if len(slots):
-                mem = buf.gather(slots)
-                loss = F.cross_entropy(learner.forward(mem.x, mem.task), mem.y)
-                rows.append(flat_grad_of(loss, params))
-        if not rows:
+        mems = [buf.gather(s) for s in (buf.selection.slots_of(buf, k) for k in range(self.task_))
+                if len(s)]
+        if not mems:
             return
-        G, g = torch.stack(rows), flat_grad(params)
-        if not bool(torch.isfinite(G).all() & torch.isfinite(g).all()):
-            return  # a non-finite loss: the learner's nan_policy deals with it
-        if bool((G @ g < 0).any()):
-            set_flat_grad(params, gem_project(g, G, self.memory_strength, self.eps))
+        G = self._task_gradients(learner, mems, params)
+        g = flat_grad(params)
+        Gg = G @ g
+        # one host sync for both checks; a non-finite loss is the learner's nan_policy's
+        finite, violated = torch.stack([torch.isfinite(Gg).all(), (Gg < 0).any()]).tolist()
+        if finite and violated:
+            set_flat_grad(params, gem_project(g, G, self.memory_strength, self.eps, Gg=Gg))
+
+    @staticmethod
+    def _task_gradients(learner: Learner, mems: list[Batch], params: list[Any]) -> Tensor:
+        """Each past task's memory-loss gradient, one per row (one backward for all if possible)."""
+        sizes = [len(m) for m in mems]
+        x = torch.cat([m.x for m in mems])
+        y = torch.cat([m.y for m in mems])
+        task = torch.cat([m.task for m in mems]) if mems[0].task is not None else None
+        weight = torch.cat([torch.full((n,), 1.0 / n, device=x.device) for n in sizes])
+        G = grouped_grads(learner.model, lambda: learner.forward(x, task),
+                          lambda out: F.cross_entropy(out, y, reduction="none") * weight, sizes)
+        if G is not None:
+            return G
+        return torch.stack([flat_grad_of(F.cross_entropy(learner.forward(m.x, m.task), m.y), params)
+                            for m in mems])
 
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
