@@ -44,6 +44,7 @@ from torch.func import grad, vmap
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.per_sample import fastest, reduce_per_sample_grads
 from lifelong.plugins.regularization._common import (
     RecentInputs,
     chunk_size,
@@ -53,7 +54,6 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
-from lifelong.per_sample import fastest, reduce_per_sample_grads
 
 __all__ = ["MAS", "mas_importance"]
 
