@@ -116,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raw = apply_overrides(load_yaml(args.config), args.set or [])
         out_arg = args.out
+    if args.threads is not None:
+        value = args.threads if args.threads == "auto" else _int_arg("--threads", args.threads)
+        raw = {**raw, "train": {**(raw.get("train") or {}), "threads": value}}
     ck = raw.get("checkpoint") if isinstance(raw.get("checkpoint"), dict) else {}
     every, every_s = parse_every(args.checkpoint_every)
     if not (every or every_s):
@@ -135,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = _total_samples(run.stream, run.learner.epochs)
     where = f"resuming at batch {payload['learner']['counters']['step_index']}" if payload else ""
     console.print(f"[bold]lifelong run[/bold] {args.config or args.resume}: {run.stream!r} on "
-                  f"{run.learner.device}, plugins: "
+                  f"{run.learner.device} with {run.threads} thread(s) ({run.threads_rule}), plugins: "
                   f"{', '.join(type(p).__name__ for p in run.plugins) or 'none (fine-tuning)'}"
                   f"{'; ' + where if where else ''}")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -188,6 +191,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             checkpointer.save(learner, finished=True)
         console.print(f"metrics written to {path}")
     return 0
+
+
+def _int_arg(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{flag} takes a whole number or 'auto', got {text!r}") from None
 
 
 def _render_result(console: Any, m: dict[str, Any]) -> None:
@@ -329,6 +339,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="write a checkpoint every N batches, or every N seconds with a trailing s")
     r.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    r.add_argument("--threads", metavar="N|auto",
+                   help="CPU threads (sets train.threads; default auto: a rule from the step's FLOPs)")
     r.set_defaults(func=cmd_run)
     ls = sub.add_parser("list", help="list streams, backbones, plugins and strategies")
     ls.add_argument("kind", nargs="?", choices=("stream", "backbone", "plugin", "strategy"))

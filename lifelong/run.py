@@ -20,12 +20,13 @@ import torch
 
 from lifelong.config import resolve
 from lifelong.errors import ConfigError, LifelongError
-from lifelong.learner import Learner, plugin_name
+from lifelong.learner import Learner, plugin_name, resolve_device
 from lifelong.plugins.evaluation import AccuracyMatrix, AnytimeAccuracy, Prequential, Resources
 from lifelong.registry import Registry, get_registry
 from lifelong.stream.base import Stream
 from lifelong.stream.delay import label_delay
 from lifelong.stream.transforms import TRANSFORMS
+from lifelong.threads import apply_threads, choose_threads
 
 __all__ = ["Run", "build", "execute", "run_config", "make_plugin"]
 
@@ -38,6 +39,8 @@ class Run:
     stream: Stream
     learner: Learner
     plugins: list[Any] = field(default_factory=list)
+    threads: int = 1
+    threads_rule: str = ""
 
 
 def make_plugin(name: str, params: dict[str, Any], *, seed: int,
@@ -86,6 +89,10 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     model = reg.get("backbone", cfg["backbone"]["name"]).factory(
         input_shape=stream.input_shape, num_classes=stream.num_classes, **bparams)
 
+    threads, threads_rule = choose_threads(model, tuple(stream.input_shape), train["batch_size"],
+                                           setting=train.get("threads", "auto"),
+                                           device=resolve_device(cfg["device"]))
+    apply_threads(threads)
     plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"},
                            seed=seed, registry=reg) for s in specs]
     ev = cfg["eval"]
@@ -108,7 +115,7 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         detect_in_task_aware=train.get("detect_in_task_aware", False),
     )
     cfg["train"] = train
-    return Run(cfg, stream, learner, plugins)
+    return Run(cfg, stream, learner, plugins, threads=threads, threads_rule=threads_rule)
 
 
 def collect_metrics(run: Run) -> dict[str, Any]:
@@ -125,6 +132,8 @@ def collect_metrics(run: Run) -> dict[str, Any]:
         "stream": repr(run.stream),
         "plugins": [plugin_name(p) for p in run.plugins],
         "device": str(lr.device),
+        "threads": run.threads,
+        "threads_rule": run.threads_rule,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "config": run.config,
