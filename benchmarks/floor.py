@@ -81,7 +81,7 @@ def bare(method: str, stream, seed: int) -> float:
     tasks_y: list[torch.Tensor] = []
     data = list(_batches(stream, seed))
     t0 = time.perf_counter()
-    for tid, batches in data:
+    for _tid, batches in data:
         cur_x, cur_y = [], []
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
