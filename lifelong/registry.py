@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.catalog",
     "lifelong.stream.synthetic",
     "lifelong.stream.drift",
+    "lifelong.stream.files",
     "lifelong.backbones",
     "lifelong.plugins.evaluation.accuracy_matrix",
     "lifelong.plugins.evaluation.anytime",

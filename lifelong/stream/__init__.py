@@ -23,6 +23,7 @@ from lifelong.stream.base import (
     validate_tensors,
 )
 from lifelong.stream.datasets import load_digits_data, load_mnist_subset, load_river_real
+from lifelong.stream.files import from_file
 from lifelong.stream.scenarios import (
     OrderedExperience,
     blurry,
@@ -54,6 +55,7 @@ __all__ = [
     "from_torch_dataset",
     "from_river",
     "from_avalanche",
+    "from_file",
     "load_mnist_subset",
     "load_digits_data",
     "load_river_real",
