@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.stream.synthetic",
     "lifelong.stream.drift",
     "lifelong.stream.files",
+    "lifelong.stream.online",
     "lifelong.backbones",
     "lifelong.plugins.evaluation.accuracy_matrix",
     "lifelong.plugins.evaluation.anytime",
