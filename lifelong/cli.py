@@ -1,4 +1,4 @@
-"""``lifelong run|bench|list|plot``: parse, validate, call the library, render.
+"""``lifelong run|bench|list|plot|serve``: parse, validate, call the library, render.
 
 User mistakes (bad YAML, unknown keys or names, plugins that cannot
 compose, bad data) print one line ``error: ...`` and exit with status 2;
@@ -358,6 +358,11 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("metrics", help="metrics.json or the run's --out directory")
     pl.add_argument("--out", help="PNG path (default: next to metrics.json)")
     pl.set_defaults(func=cmd_plot)
+    from lifelong.serve.app import add_arguments, cmd_serve
+
+    sv = sub.add_parser("serve", help="serve one learner over HTTP: /predict, /learn, /metrics")
+    add_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -84,7 +84,7 @@ class OnlineSession:
         learner.begin(stream, evaluate=False)
         if state is not None:
             learner.load_state_dict(state)
-        elif learner.step_index == 0:
+        if learner.step_index == 0:  # as Learner.fit: the (only) experience opens before step 0
             learner.start_experience(None)
         learner.model.train()
 
