@@ -191,8 +191,11 @@ def test_concurrent_learning_bad_input_kill_9_token_and_sigterm_lose_nothing(tmp
 
         sender = threading.Thread(target=stream_learns)
         sender.start()
-        while acked_rows[0] < after["acknowledged_rows"] + 30:
+        for _ in range(12000):  # bounded: 120 s
+            if acked_rows[0] >= after["acknowledged_rows"] + 30 or not sender.is_alive():
+                break
             time.sleep(0.01)
+        assert sender.is_alive(), "the learning client stopped before the kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         stop.set()
