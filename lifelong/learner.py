@@ -298,6 +298,34 @@ class Learner:
                     mult[n] *= float(m)
         return mult
 
+    def auxiliary_parameters(self) -> list[list[nn.Parameter]]:
+        """The trainable parameters of the plugins' auxiliary modules, one list per plugin.
+
+        Why: methods that learn a module of their own beside the model (FitNet's
+        regressor, VID's mean networks and variances, CRD's embedding heads, the
+        critics of domain adaptation, L2T-ww's meta-networks) are trained on the
+        same loss, step and schedule as the model. A plugin exposes such a module
+        as its attribute ``auxiliary_`` (an ``nn.Module`` on ``learner.device``,
+        built in ``before_training``; ``None`` when it has none); the learner puts
+        its parameters in their own optimizer group(s) at the learner's learning
+        rate, after the model's, whenever it builds its optimizer, so their
+        optimizer state is checkpointed with the learner's. The plugin saves the
+        module's weights in its ``state_dict`` and loads them in place
+        (``module.load_state_dict``) so a resumed run is exact.
+        """
+        out = []
+        for p in self.plugins:
+            module = getattr(p, "auxiliary_", None)
+            if module is None:
+                continue
+            if not isinstance(module, nn.Module):
+                raise CompositionError(f"plugin {plugin_name(p)!r}: auxiliary_ must be an "
+                                       f"nn.Module or None, got {type(module).__name__}")
+            ps = [q for q in module.parameters() if q.requires_grad]
+            if ps:
+                out.append(ps)
+        return out
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         mult = self.lr_multipliers()
         groups: dict[float, list[nn.Parameter]] = {}
@@ -306,10 +334,12 @@ class Learner:
                 p.requires_grad_(False)
             elif p.requires_grad:
                 groups.setdefault(mult[n], []).append(p)
-        if set(groups) <= {1.0}:
+        aux = self.auxiliary_parameters()
+        if set(groups) <= {1.0} and not aux:
             params: Any = groups.get(1.0, [])
         else:
             params = [{"params": ps, "lr": self.lr * m} for m, ps in groups.items()]
+            params += [{"params": ps, "lr": self.lr} for ps in aux]
         spec = self.optimizer_spec
         if callable(spec):
             return spec(params)
@@ -420,7 +450,8 @@ class Learner:
         self._check_stream(stream)
         torch.manual_seed(self.seed)
         self.hooks.before_training(self, stream)
-        if self.hooks.has["parameter_groups"]:  # plugins may decide their groups from the stream
+        # plugins may decide their groups from the stream, or build auxiliary modules
+        if self.hooks.has["parameter_groups"] or self.auxiliary_parameters():
             self.optimizer = self._make_optimizer()
         if evaluate and stream.test and self.step_index == 0:
             self.evaluate(kind="initial")

@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -54,7 +55,12 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.train = lambda mode=True: model  # type: ignore[method-assign,assignment]
+    # a partial of a module-level function (not a lambda): a frozen teacher still pickles
+    model.train = functools.partial(_stay_in_eval, model)  # type: ignore[method-assign]
+    return model
+
+
+def _stay_in_eval(model: nn.Module, mode: bool = True) -> nn.Module:
     return model
 
 

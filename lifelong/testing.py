@@ -15,20 +15,32 @@ mutated; a batch of one works; ``state_dict`` survives ``torch.save`` /
 ``torch.load(weights_only=True)`` and pickling; a run stopped mid-experience
 and resumed from its state ends with exactly the weights of an
 uninterrupted run; the plugin's declared needs (``requires``) are enforced.
+
+Teacher-guided plugins (``requires`` names ``"teacher"``; their ``teacher``
+parameter has no usable default) are run with the contract's teacher: a
+frozen copy of the contract's backbone, freshly initialised with another
+seed and written to a temporary weights file (:func:`contract_factory`);
+without it they must refuse to start (a ``ConfigError`` naming ``teacher``).
+A plugin that needs another backbone than the contract's MLP (attention
+maps need convolutional features) names it in its class attribute
+``contract_backbone`` (a backbone config, e.g. ``{"name": "cnn", "channels": [4, 8]}``).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import pickle
+import tempfile
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from lifelong.backbones import mlp
-from lifelong.errors import CompositionError
+from lifelong.errors import CompositionError, ConfigError
 from lifelong.learner import Learner
 from lifelong.plugins.evaluation import AccuracyMatrix, Prequential
 from lifelong.registry import Registry, get_registry
@@ -39,7 +51,7 @@ from lifelong.stream.transforms import TRANSFORMS
 Factory = Callable[[], Any]
 
 __all__ = ["tiny_stream", "make_learner", "check_plugin", "check_strategy", "plugin_checks",
-           "strategy_checks", "assert_same_state"]
+           "strategy_checks", "assert_same_state", "contract_factory", "contract_teacher"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -49,11 +61,24 @@ def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int
                  n_test_per_class=10, task_aware=task_aware, task_labels=task_labels, seed=seed)
 
 
+def _build(backbone: dict[str, Any] | None, stream: Stream) -> torch.nn.Module:
+    if backbone is None:
+        return mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[32])
+    params = {k: v for k, v in backbone.items() if k != "name"}
+    return get_registry().get("backbone", backbone["name"]).factory(
+        input_shape=stream.input_shape, num_classes=stream.num_classes, **params)
+
+
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
                  lr: float = 0.05, **kwargs: Any) -> Learner:
-    """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix."""
+    """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix.
+
+    The first plugin's ``contract_backbone`` (a backbone config), if it has one,
+    replaces the MLP.
+    """
     torch.manual_seed(seed)
-    model = mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[32])
+    backbone = next((getattr(p, "contract_backbone", None) for p in plugins[:1]), None)
+    model = _build(backbone, stream)
     return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],
                    device="cpu", seed=seed, batch_size=batch_size, lr=lr, **kwargs)
 
@@ -80,6 +105,33 @@ def assert_same_state(a: Any, b: Any, path: str = "state") -> None:
 
 def _needs(factory: Factory) -> set[str]:
     return set(getattr(factory(), "requires", ()))
+
+
+_TEACHERS: dict[str, dict[str, Any]] = {}
+
+
+def contract_teacher(backbone: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A teacher spec for the contract's stream: ``backbone`` (the contract's MLP by default)
+    initialised with seed 1, its weights in a temporary file."""
+    key = repr(sorted((backbone or {}).items()))
+    if key not in _TEACHERS:
+        stream = tiny_stream()
+        torch.manual_seed(1)
+        model = _build(backbone, stream)
+        path = Path(tempfile.mkdtemp(prefix="lifelong-contract-")) / "teacher.pt"
+        torch.save(model.state_dict(), path)
+        _TEACHERS[key] = {"backbone": dict(backbone or {"name": "mlp", "hidden": [32]}),
+                          "checkpoint": str(path)}
+    return dict(_TEACHERS[key])
+
+
+def contract_factory(factory: Factory) -> Factory:
+    """``factory``, given the contract's teacher if the plugin requires one."""
+    plugin = factory()
+    if "teacher" not in set(getattr(plugin, "requires", ())) or getattr(plugin, "teacher", None):
+        return factory
+    return functools.partial(factory,
+                             teacher=contract_teacher(getattr(plugin, "contract_backbone", None)))
 
 
 def _stream_for(factory: Factory, **kw: Any) -> Stream:
@@ -113,8 +165,12 @@ def check_params_stored(factory: Factory) -> None:
     plugin = factory()
     cls = type(plugin)
     sig = inspect.signature(cls.__init__)
+    given = getattr(factory, "keywords", None) or {}
     for name, p in sig.parameters.items():
         if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        if name in given:  # supplied by the contract (a teacher)
+            assert getattr(plugin, name) == given[name], f"{cls.__name__}.{name} not stored as given"
             continue
         assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"
         if p.default is not p.empty and not callable(p.default):
@@ -196,6 +252,16 @@ def check_resume_exact(factory: Factory) -> None:
 
 def check_requirements_enforced(factory: Factory) -> None:
     needs = _needs(factory)
+    if "teacher" in needs:
+        bare = getattr(factory, "func", factory)
+        stream = tiny_stream()
+        learner = make_learner([bare()], stream)
+        try:
+            learner.fit(stream)
+        except ConfigError as exc:
+            assert "teacher" in str(exc) and learner.step_index == 0, str(exc)
+        else:
+            raise AssertionError("a plugin that requires a teacher ran without one")
     if "boundaries" in needs:
         stream = tiny_stream(task_aware=False)
         try:
@@ -221,12 +287,13 @@ def plugin_checks(registry: Registry | None = None) -> list[tuple[str, Callable[
     for entry in reg.entries("plugin"):
         for check in PLUGIN_CHECKS:
             out.append((f"{entry.name}-{check.__name__[6:]}",
-                        (lambda c=check, f=entry.factory: c(f))))
+                        (lambda c=check, f=entry.factory: c(contract_factory(f)))))
     return out
 
 
 def check_plugin(factory: Factory) -> None:
     """Run every plugin check on ``factory`` (a class or zero-argument callable)."""
+    factory = contract_factory(factory)
     for check in PLUGIN_CHECKS:
         check(factory)
 

@@ -1,0 +1,3 @@
+"""Distillation: a frozen teacher guides the learner through its outputs, features or gradients."""
+
+__all__ = ["kd", "fitnet", "attention"]
