@@ -33,8 +33,8 @@ import inspect
 import io
 import pickle
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,7 +121,8 @@ def contract_teacher(backbone: dict[str, Any] | None = None) -> dict[str, Any]:
         path = Path(tempfile.mkdtemp(prefix="lifelong-contract-")) / "teacher.pt"
         torch.save(model.state_dict(), path)
         _TEACHERS[key] = {"backbone": dict(backbone or {"name": "mlp", "hidden": [32]}),
-                          "checkpoint": str(path)}
+                          "checkpoint": str(path), "input_shape": list(stream.input_shape),
+                          "num_classes": stream.num_classes}
     return dict(_TEACHERS[key])
 
 
