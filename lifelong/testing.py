@@ -23,7 +23,9 @@ seed and written to a temporary weights file (:func:`contract_factory`);
 without it they must refuse to start (a ``ConfigError`` naming ``teacher``).
 A plugin that needs another backbone than the contract's MLP (attention
 maps need convolutional features) names it in its class attribute
-``contract_backbone`` (a backbone config, e.g. ``{"name": "cnn", "channels": [4, 8]}``).
+``contract_backbone`` (a backbone config, e.g. ``{"name": "cnn", "channels": [4, 8]}``);
+one whose paper defaults are too large for a stream of 36 samples (CRD's 16384
+negatives) names smaller values in ``contract_params`` (a dict of parameters).
 """
 
 from __future__ import annotations
@@ -127,12 +129,13 @@ def contract_teacher(backbone: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def contract_factory(factory: Factory) -> Factory:
-    """``factory``, given the contract's teacher if the plugin requires one."""
+    """``factory``, given the contract's teacher if the plugin requires one, and its
+    ``contract_params``."""
     plugin = factory()
-    if "teacher" not in set(getattr(plugin, "requires", ())) or getattr(plugin, "teacher", None):
-        return factory
-    return functools.partial(factory,
-                             teacher=contract_teacher(getattr(plugin, "contract_backbone", None)))
+    params = dict(getattr(plugin, "contract_params", None) or {})
+    if "teacher" in set(getattr(plugin, "requires", ())) and not getattr(plugin, "teacher", None):
+        params["teacher"] = contract_teacher(getattr(plugin, "contract_backbone", None))
+    return functools.partial(factory, **params) if params else factory
 
 
 def _stream_for(factory: Factory, **kw: Any) -> Stream:
@@ -170,7 +173,7 @@ def check_params_stored(factory: Factory) -> None:
     for name, p in sig.parameters.items():
         if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
             continue
-        if name in given:  # supplied by the contract (a teacher)
+        if name in given:  # supplied by the contract (a teacher, contract_params)
             assert getattr(plugin, name) == given[name], f"{cls.__name__}.{name} not stored as given"
             continue
         assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"

@@ -1,0 +1,234 @@
+"""CRD: contrastive representation distillation, NCE between student and teacher embeddings.
+
+Linear embedding heads ``g_s``, ``g_t`` map the student's and the teacher's
+penultimate features to ``feat_dim`` units, L2-normalised. A critic
+``h(v_t, v_s) = e^{v_t . v_s / tau} / Z`` scores a pair; noise-contrastive
+estimation tells the positive pair (the same input through both networks)
+from ``K`` negatives drawn uniformly from a memory bank of ``M`` embeddings:
+
+    L = - log( h+ / (h+ + K/M) ) - sum_K log( (K/M) / (h- + K/M) ),
+
+averaged over the rows, for both directions (the student's embedding
+against the teacher's memory, which trains ``g_s`` and the student, and the
+teacher's embedding against the student's memory, which trains ``g_t``); the
+memory side and the positive's counterpart are constants. ``Z`` is
+estimated once, from the first batch (``Z = M * mean e^{score/tau}``). The
+term is ``beta * (L_s + L_t)`` over the rows of the training forward.
+
+The paper's bank holds one embedding per training sample, indexed by the
+dataset index and updated with momentum 0.5. A stream has no sample index
+(each sample arrives once), so the bank here is a ring of the ``memory_size``
+most recent embeddings of each network (initialised uniformly at random
+like the paper's), each new embedding written in place of the oldest after
+the update; negatives are drawn from the whole bank with a private
+generator. The heads are the plugin's auxiliary module (``auxiliary_``); the
+bank, ``Z`` and the generator are its state.
+
+Tian, Krishnan & Isola, "Contrastive representation distillation", ICLR
+2020. Defaults: ``feat_dim=128``, ``n_negatives=16384`` (K), ``nce_t=0.07``
+(tau), ``beta=0.8`` (the paper's weight of the CRD term), all from its
+experimental setup; ``memory_size=16384`` is lifelong's (the paper's is the
+dataset size).
+
+Examples
+--------
+>>> import torch, tempfile, pathlib
+>>> from lifelong.backbones import mlp
+>>> from lifelong.testing import tiny_stream, make_learner
+>>> stream = tiny_stream()
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "teacher.pt"
+>>> torch.save(mlp(input_shape=stream.input_shape, num_classes=6, hidden=[64]).state_dict(), path)
+>>> crd = CRD(teacher={"backbone": {"name": "mlp", "hidden": [64]}, "checkpoint": str(path)},
+...           n_negatives=64, memory_size=128)
+>>> learner = make_learner([crd], stream).fit(stream)
+>>> tuple(crd.memory_t_.shape), int(crd.ptr_)
+((128, 128), 144)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lifelong.errors import ConfigError
+from lifelong.hookspecs import hookimpl
+from lifelong.plugins.distillation._common import TeacherPlugin, check_weight, forward_inputs
+
+__all__ = ["CRD", "nce_loss", "critic_scores"]
+
+EPS = 1e-7
+
+
+def critic_scores(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) -> Tensor:
+    """``exp(v . v' / tau)`` for the positive (column 0) and each negative: (N, 1 + K).
+
+    ``anchor``, ``positive``: (N, D); ``negatives``: (N, K, D).
+    """
+    pos = (anchor * positive).sum(1, keepdim=True)
+    neg = torch.einsum("nd,nkd->nk", anchor, negatives)
+    return torch.exp(torch.cat([pos, neg], 1) / tau)
+
+
+def nce_loss(scores: Tensor, z: Tensor | float, n_memory: int) -> Tensor:
+    """NCE on ``scores / Z`` (N, 1 + K; column 0 the positive) with uniform noise ``1 / M``.
+
+    ``- log(h+ / (h+ + K/M)) - sum_k log((K/M) / (h-_k + K/M))``, averaged over the rows.
+
+    >>> import torch
+    >>> s = torch.tensor([[2.0, 1.0]])          # h+ = 2, h- = 1, K = 1, M = 1: K/M = 1
+    >>> round(float(nce_loss(s, 1.0, 1)), 4)    # -log(2/3) - log(1/2)
+    1.0986
+    """
+    k = scores.shape[1] - 1
+    noise = k / n_memory
+    h = scores / z
+    log_pos = torch.log(h[:, 0] / (h[:, 0] + noise + EPS))
+    log_neg = torch.log(noise / (h[:, 1:] + noise + EPS)).sum(1)
+    return -(log_pos + log_neg).mean()
+
+
+class CRD(TeacherPlugin):
+    """Contrastive representation distillation: embedding heads, a memory bank, NCE."""
+
+    name = "crd"
+    contract_params = {"n_negatives": 32, "memory_size": 64}
+
+    def __init__(self, *, teacher: dict[str, Any] | None = None, student_layer: str = "body",
+                 teacher_layer: str = "body", feat_dim: int = 128, n_negatives: int = 16384,
+                 nce_t: float = 0.07, beta: float = 0.8, memory_size: int = 16384,
+                 seed: int = 0) -> None:
+        check_weight("crd", "nce_t", nce_t, positive=True)
+        check_weight("crd", "beta", beta)
+        for key, v in (("feat_dim", feat_dim), ("n_negatives", n_negatives),
+                       ("memory_size", memory_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"plugin 'crd': {key} must be an integer >= 1, got {v!r}")
+        self.teacher = teacher
+        self.student_layer = student_layer
+        self.teacher_layer = teacher_layer
+        self.feat_dim = feat_dim
+        self.n_negatives = n_negatives
+        self.nce_t = nce_t
+        self.beta = beta
+        self.memory_size = memory_size
+        self.seed = seed
+        self.auxiliary_: nn.ModuleDict | None = None
+        self.memory_s_: Tensor | None = None
+        self.memory_t_: Tensor | None = None
+        self.ptr_ = 0
+        self.z_s_: float | None = None
+        self.z_t_: float | None = None
+        self.teacher_digest_: str | None = None
+        self._g: torch.Generator | None = None
+
+    @hookimpl
+    def before_training(self, learner: Any, stream: Any) -> None:
+        teacher = self.load_teacher(learner, stream)
+        learner.features.request(self.student_layer, owner=self.name, key="student_layer")
+        self.teacher_features_.request(self.teacher_layer, owner=self.name, key="teacher_layer")
+        dev = learner.device
+        x = torch.zeros(2, *stream.input_shape, device=dev)
+        was = learner.model.training
+        learner.model.eval()
+        with torch.no_grad():
+            learner.model(x)
+            teacher(x)
+        learner.model.train(was)
+        d_s = learner.features[self.student_layer][0].numel()
+        d_t = self.teacher_features_[self.teacher_layer][0].numel()
+        g = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
+            heads = nn.ModuleDict({"student": nn.Linear(d_s, self.feat_dim),
+                                   "teacher": nn.Linear(d_t, self.feat_dim)})
+        self.auxiliary_ = heads.to(dev)
+        stdv = 1.0 / math.sqrt(self.feat_dim / 3)
+        shape = (self.memory_size, self.feat_dim)
+        self.memory_s_ = (torch.rand(shape, generator=g) * 2 * stdv - stdv).to(dev)
+        self.memory_t_ = (torch.rand(shape, generator=g) * 2 * stdv - stdv).to(dev)
+        self.ptr_ = 0
+        self.z_s_ = self.z_t_ = None
+        self._g = torch.Generator(device=dev).manual_seed(self.seed + 1)
+
+    def _embed(self, which: str, f: Tensor) -> Tensor:
+        assert self.auxiliary_ is not None
+        return F.normalize(self.auxiliary_[which](f.flatten(1)), dim=1)
+
+    @hookimpl
+    def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor]:
+        assert self.memory_s_ is not None and self.memory_t_ is not None
+        self.teacher_logits(forward_inputs(step))
+        v_s = self._embed("student", learner.features[self.student_layer])
+        v_t = self._embed("teacher", self.teacher_features_[self.teacher_layer])
+        n = len(v_s)
+        idx = torch.randint(self.memory_size, (n, self.n_negatives), generator=self._g,
+                            device=v_s.device)
+        s_scores = critic_scores(v_s, v_t.detach(), self.memory_t_[idx], self.nce_t)
+        t_scores = critic_scores(v_t, v_s.detach(), self.memory_s_[idx], self.nce_t)
+        if self.z_s_ is None or self.z_t_ is None:   # estimated once, on the first batch
+            self.z_s_ = float(s_scores.detach().mean()) * self.memory_size
+            self.z_t_ = float(t_scores.detach().mean()) * self.memory_size
+        loss = nce_loss(s_scores, self.z_s_, self.memory_size) + \
+            nce_loss(t_scores, self.z_t_, self.memory_size)
+        step.scratch[self.name] = (v_s.detach(), v_t.detach())
+        return {"crd": self.beta * loss}
+
+    @hookimpl
+    def after_update(self, learner: Any, step: Any) -> None:
+        pending = step.scratch.get(self.name)
+        if pending is None:
+            return
+        assert self.memory_s_ is not None and self.memory_t_ is not None
+        v_s, v_t = pending
+        n = min(len(v_s), self.memory_size)
+        slots = (self.ptr_ + torch.arange(n, device=v_s.device)) % self.memory_size
+        self.memory_s_[slots] = v_s[-n:]
+        self.memory_t_[slots] = v_t[-n:]
+        self.ptr_ += n
+
+    @hookimpl
+    def after_training(self, learner: Any) -> None:
+        self.close_teacher()
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.auxiliary_ is not None and self.memory_s_ is not None
+        assert self.memory_t_ is not None and self._g is not None
+        return {**self.teacher_state(),
+                "heads": {k: v.detach().clone() for k, v in self.auxiliary_.state_dict().items()},
+                "memory_s": self.memory_s_.clone(), "memory_t": self.memory_t_.clone(),
+                "ptr": self.ptr_, "z_s": self.z_s_, "z_t": self.z_t_,
+                "rng": self._g.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        assert self.auxiliary_ is not None and self.memory_s_ is not None and self._g is not None
+        self.load_teacher_state(state)
+        self.auxiliary_.load_state_dict(state["heads"])
+        dev = self.memory_s_.device
+        self.memory_s_ = state["memory_s"].to(dev, copy=True)
+        self.memory_t_ = state["memory_t"].to(dev, copy=True)
+        self.ptr_ = int(state["ptr"])
+        self.z_s_, self.z_t_ = state["z_s"], state["z_t"]
+        self._g.set_state(state["rng"].cpu())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_g"] = None if self._g is None else self._g.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        g = state.pop("_g")
+        self.__dict__.update(state)
+        self._g = None
+        if g is not None:
+            self._g = torch.Generator()
+            self._g.set_state(g)
+
+
+@hookimpl
+def register(registry: Any) -> None:
+    registry.add("plugin", "crd", CRD)
