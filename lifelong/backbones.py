@@ -25,12 +25,15 @@ class MLP(nn.Module):
     """A fully connected ReLU network on flattened inputs."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm: str | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers.append(nn.Linear(width, h))
+            if norm is not None:  # normalisation (with its scale and bias) before the ReLU
+                layers.append(nn.LayerNorm(h) if norm == "layer" else nn.BatchNorm1d(h))
+            layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
@@ -116,9 +119,15 @@ def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, int]:
 
 
 def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: list[int] | None = None,
-        dropout: float = 0.0) -> MLP:
-    """MLP on flattened inputs; ``hidden`` widths default to [256, 256]."""
-    return MLP(math.prod(input_shape), num_classes, tuple(hidden or (256, 256)), dropout)
+        dropout: float = 0.0, norm: str | None = None) -> MLP:
+    """MLP on flattened inputs; ``hidden`` widths default to [256, 256].
+
+    ``norm``: ``"layer"`` or ``"batch"`` puts a LayerNorm / BatchNorm1d after each
+    hidden linear layer (``None``: none).
+    """
+    if norm not in (None, "layer", "batch"):
+        raise ConfigError(f"backbone 'mlp': norm must be 'layer', 'batch' or null, got {norm!r}")
+    return MLP(math.prod(input_shape), num_classes, tuple(hidden or (256, 256)), dropout, norm)
 
 
 def cnn(*, input_shape: Sequence[int], num_classes: int, channels: list[int] | None = None) -> SmallCNN:

@@ -17,7 +17,8 @@ and resumed from its state ends with exactly the weights of an
 uninterrupted run; the plugin's declared needs (``requires``) are enforced.
 
 Teacher-guided plugins (``requires`` names ``"teacher"``; their ``teacher``
-parameter has no usable default) are run with the contract's teacher: a
+parameter, or the one their ``teacher_param`` names, e.g. ``"source"``, has no
+usable default) are run with the contract's teacher: a
 frozen copy of the contract's backbone, freshly initialised with another
 seed and written to a temporary weights file (:func:`contract_factory`);
 without it they must refuse to start (a ``ConfigError`` naming ``teacher``).
@@ -133,8 +134,9 @@ def contract_factory(factory: Factory) -> Factory:
     ``contract_params``."""
     plugin = factory()
     params = dict(getattr(plugin, "contract_params", None) or {})
-    if "teacher" in set(getattr(plugin, "requires", ())) and not getattr(plugin, "teacher", None):
-        params["teacher"] = contract_teacher(getattr(plugin, "contract_backbone", None))
+    key = getattr(plugin, "teacher_param", "teacher")  # e.g. "source" for fine-tuning
+    if "teacher" in set(getattr(plugin, "requires", ())) and not getattr(plugin, key, None):
+        params[key] = contract_teacher(getattr(plugin, "contract_backbone", None))
     return functools.partial(factory, **params) if params else factory
 
 
@@ -258,12 +260,16 @@ def check_requirements_enforced(factory: Factory) -> None:
     needs = _needs(factory)
     if "teacher" in needs:
         bare = getattr(factory, "func", factory)
+        kept = {k: v for k, v in (getattr(factory, "keywords", None) or {}).items()
+                if k != getattr(bare(), "teacher_param", "teacher")}
+        plugin = bare(**kept)
         stream = tiny_stream()
-        learner = make_learner([bare()], stream)
+        learner = make_learner([plugin], stream)
         try:
             learner.fit(stream)
         except ConfigError as exc:
-            assert "teacher" in str(exc) and learner.step_index == 0, str(exc)
+            key = getattr(plugin, "teacher_param", "teacher")
+            assert key in str(exc) and learner.step_index == 0, str(exc)
         else:
             raise AssertionError("a plugin that requires a teacher ran without one")
     if "boundaries" in needs:
