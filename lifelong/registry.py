@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.boundaries.kswin",
     "lifelong.plugins.boundaries.plateau",
     "lifelong.plugins.boundaries.every_n",
+    "lifelong.plugins.distillation.l2t_ww",
     "lifelong.strategies",
     "lifelong.strategies.replay",
     "lifelong.strategies.generative",

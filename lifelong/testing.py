@@ -19,6 +19,7 @@ uninterrupted run; the plugin's declared needs (``requires``) are enforced.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import pickle
@@ -39,7 +40,7 @@ from lifelong.stream.transforms import TRANSFORMS
 Factory = Callable[[], Any]
 
 __all__ = ["tiny_stream", "make_learner", "check_plugin", "check_strategy", "plugin_checks",
-           "strategy_checks", "assert_same_state"]
+           "strategy_checks", "assert_same_state", "contract_factory"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -112,15 +113,17 @@ def check_hooks_match_specs(factory: Factory) -> None:
 def check_params_stored(factory: Factory) -> None:
     plugin = factory()
     cls = type(plugin)
+    given = getattr(factory, "keywords", {})  # a contract_factory's arguments
     sig = inspect.signature(cls.__init__)
     for name, p in sig.parameters.items():
         if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
             continue
         assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"
-        if p.default is not p.empty and not callable(p.default):
+        expected = given.get(name, p.default)
+        if expected is not p.empty and not callable(expected):
             got = getattr(plugin, name)
-            assert got == p.default or got is p.default, (
-                f"{cls.__name__}.{name} is {got!r}, the default given was {p.default!r}: "
+            assert got is expected or got == expected, (
+                f"{cls.__name__}.{name} is {got!r}, the value given was {expected!r}: "
                 "store parameters as given, derive state in hooks")
 
 
@@ -214,6 +217,17 @@ PLUGIN_CHECKS: tuple[Callable[[Factory], None], ...] = (
 )
 
 
+def contract_factory(factory: Factory) -> Factory:
+    """``factory``, with the arguments its ``contract_kwargs()`` gives, if it has one.
+
+    A plugin that cannot run without an argument (a source or teacher
+    network) gives the contract suite a small one this way, sized for
+    :func:`tiny_stream` and :func:`make_learner`'s MLP.
+    """
+    example = getattr(factory, "contract_kwargs", None)
+    return functools.partial(factory, **example()) if callable(example) else factory
+
+
 def plugin_checks(registry: Registry | None = None) -> list[tuple[str, Callable[[], None]]]:
     """``(id, check)`` pairs for every registered plugin x every check."""
     reg = registry or get_registry()
@@ -221,14 +235,14 @@ def plugin_checks(registry: Registry | None = None) -> list[tuple[str, Callable[
     for entry in reg.entries("plugin"):
         for check in PLUGIN_CHECKS:
             out.append((f"{entry.name}-{check.__name__[6:]}",
-                        (lambda c=check, f=entry.factory: c(f))))
+                        (lambda c=check, f=entry.factory: c(contract_factory(f)))))
     return out
 
 
 def check_plugin(factory: Factory) -> None:
     """Run every plugin check on ``factory`` (a class or zero-argument callable)."""
     for check in PLUGIN_CHECKS:
-        check(factory)
+        check(contract_factory(factory))
 
 
 # ---------------------------------------------------------------------------- strategies
