@@ -15,7 +15,7 @@ from lifelong.errors import LifelongError
 from lifelong.registry import get_registry
 from lifelong.stream.adapters import from_tensors
 from lifelong.stream.synthetic import blobs
-from lifelong.testing import make_learner
+from lifelong.testing import contract_factory, make_learner
 
 FAST = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -83,7 +83,7 @@ stream_shapes = st.fixed_dictionaries({
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=stream_shapes)
 def test_every_plugin_trains_on_any_small_stream(name, shape):
-    factory = get_registry().get("plugin", name).factory
+    factory = contract_factory(get_registry().get("plugin", name).factory)
     plugin = factory()
     needs = set(getattr(plugin, "requires", ()))
     bs = shape.pop("batch_size")
