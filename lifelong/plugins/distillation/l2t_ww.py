@@ -35,8 +35,9 @@ FitNet hint loss with pointwise regressors, the paper's FM baseline);
 ``what: true, where: false`` on ``pairs: single`` is the paper's L2T-w.
 
 Jang, Lee, Hwang & Shin, "Learning What and Where to Transfer", ICML 2019.
-Defaults from the authors' reference implementation (``train_l2t_ww.py``
-of github.com/alinlab/L2T-ww; the paper's section 4 states the same):
+Defaults are those of the authors' reference implementation (the argument
+defaults of ``train_l2t_ww.py`` in github.com/alinlab/L2T-ww, with which its
+README says the paper's settings are reproduced):
 ``beta=0.5`` (``--beta``), ``T=2`` (``--T``), meta-optimizer Adam
 (``--optimizer adam``) with ``meta_lr=1e-4`` (``--meta-lr``) and
 ``meta_weight_decay=1e-4`` (``--meta-wd``), a meta step after every batch
