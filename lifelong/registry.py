@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.regularization.lwf",
     "lifelong.plugins.regularization.mas",
     "lifelong.plugins.expansion.pnn",
+    "lifelong.plugins.expansion.den",
     "lifelong.plugins.boundaries.adwin",
     "lifelong.plugins.boundaries.page_hinkley",
     "lifelong.plugins.boundaries.kswin",
