@@ -29,6 +29,18 @@ task ``t`` the experience's training steps run four parts of the method:
    it; predictions for task ``t`` use only units with stamp ``<= t`` and
    task ``t``'s head. The stream must give task ids.
 
+Where this differs from the reference code, and why: its head-only part
+is meant to last ``max_iter / 10`` iterations but, as written, stops after
+one (here: a tenth of the steps); it caps the split at ``ex_k`` units per
+layer but keeps the ``ex_k`` *least* drifted of those above ``spl_thr``
+(here: the most drifted, as the paper's criterion intends); it also applies
+the group lasso to the new units' outgoing weights (here: the incoming
+groups only: one group per new unit). As in the reference, the L1 step covers
+the weights and biases of the part being trained, the task's head included,
+the earlier heads are frozen, and after a split everything but the earlier
+heads retrains under the pull towards ``W^{t-1}``; a copy receives the
+copies of the units below rather than their restored originals.
+
 Steps of an experience after the head-only tenth are shared equally by
 selective retraining, expansion and split retraining (the reference gives
 each the same iteration budget); without expansion, selective retraining
