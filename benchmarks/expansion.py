@@ -22,7 +22,7 @@ retraining), so each part gets a third of the budget the other methods
 train with; at 2 epochs (16-17 steps per part) DEN ended 2.6 points below
 PNN on average over the 3 seeds (0.954 vs 0.980), at 5 epochs 0.5 points
 (0.979 vs 0.984) with 391k parameters against PNN's 2.93M. The reference
-trains each part for up to 4300 iterations. About 9 minutes in all on a
+trains each part for up to 4300 iterations. About 7 minutes in all on a
 busy 2-core machine (``--seeds 1`` for a third of that).
 
 One thread by default (``--threads``). The last line is one JSON object:
@@ -72,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     TRAIN["epochs"] = args.epochs
+    TRAIN["threads"] = args.threads  # the run applies it (train.threads), and records it
     reg = get_registry()
     results: dict[str, dict[str, list[float]]] = {}
     t0 = time.perf_counter()
@@ -88,6 +89,7 @@ def main() -> None:
             acc.append(m["final_avg_accuracy_task_il"])
             fgt.append(m["avg_forgetting_task_il"])
             par.append(m["params_per_experience"][-1])
+            assert m.get("threads", args.threads) == args.threads
             print(f"  {method:<6} seed {seed}: accuracy {acc[-1]:.3f}  forgetting {fgt[-1]:.3f}  "
                   f"params {par[-1]:>9,}  per experience {m['params_per_experience']}  "
                   f"({secs[-1]:.1f}s)", flush=True)
