@@ -130,8 +130,18 @@ def contract_teacher(backbone: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def contract_factory(factory: Factory) -> Factory:
-    """``factory``, given the contract's teacher if the plugin requires one, and its
-    ``contract_params``."""
+    """``factory`` with the arguments the contract runs it with.
+
+    A plugin that cannot run without an argument (a source or teacher network)
+    either gives the contract suite a small one through its ``contract_kwargs()``
+    (sized for :func:`tiny_stream` and :func:`make_learner`'s MLP), or declares
+    ``requires = ("teacher",)`` and is given :func:`contract_teacher` (as its
+    ``teacher`` parameter, or the one its ``teacher_param`` names), plus its
+    ``contract_params``.
+    """
+    example = getattr(factory, "contract_kwargs", None)
+    if callable(example):
+        return functools.partial(factory, **example())
     plugin = factory()
     params = dict(getattr(plugin, "contract_params", None) or {})
     key = getattr(plugin, "teacher_param", "teacher")  # e.g. "source" for fine-tuning
@@ -170,19 +180,17 @@ def check_hooks_match_specs(factory: Factory) -> None:
 def check_params_stored(factory: Factory) -> None:
     plugin = factory()
     cls = type(plugin)
+    given = getattr(factory, "keywords", {})  # a contract_factory's arguments
     sig = inspect.signature(cls.__init__)
-    given = getattr(factory, "keywords", None) or {}
     for name, p in sig.parameters.items():
         if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
             continue
-        if name in given:  # supplied by the contract (a teacher, contract_params)
-            assert getattr(plugin, name) == given[name], f"{cls.__name__}.{name} not stored as given"
-            continue
         assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"
-        if p.default is not p.empty and not callable(p.default):
+        expected = given.get(name, p.default)
+        if expected is not p.empty and not callable(expected):
             got = getattr(plugin, name)
-            assert got == p.default or got is p.default, (
-                f"{cls.__name__}.{name} is {got!r}, the default given was {p.default!r}: "
+            assert got is expected or got == expected, (
+                f"{cls.__name__}.{name} is {got!r}, the value given was {expected!r}: "
                 "store parameters as given, derive state in hooks")
 
 
@@ -303,9 +311,8 @@ def plugin_checks(registry: Registry | None = None) -> list[tuple[str, Callable[
 
 def check_plugin(factory: Factory) -> None:
     """Run every plugin check on ``factory`` (a class or zero-argument callable)."""
-    factory = contract_factory(factory)
     for check in PLUGIN_CHECKS:
-        check(factory)
+        check(contract_factory(factory))
 
 
 # ---------------------------------------------------------------------------- strategies

@@ -77,7 +77,7 @@ def test_second_file_is_the_evaluation_set_and_features_can_be_chosen(tmp_path):
 def test_task_column_makes_one_experience_per_run_of_ids_and_resumes_exactly(tmp_path):
     tab, x, y = table(tasks=True)
     path = write(tab, tmp_path / "t.parquet", "parquet")
-    s = files.parquet(path=str(path), target="label", task="task", test_tail=30, chunk=50)
+    s = files.parquet(path=str(path), target="label", task="task", test_tail=30, chunk=64)
     assert s.task_aware and s.task_labels and s.meta["feature_names"] == ["f0", "f1", "f2"]
     exps = []
     for e in s.experiences():

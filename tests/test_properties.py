@@ -83,7 +83,7 @@ stream_shapes = st.fixed_dictionaries({
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=stream_shapes)
 def test_every_plugin_trains_on_any_small_stream(name, shape):
-    factory = contract_factory(get_registry().get("plugin", name).factory)  # teachers given
+    factory = contract_factory(get_registry().get("plugin", name).factory)
     plugin = factory()
     needs = set(getattr(plugin, "requires", ()))
     bs = shape.pop("batch_size")

@@ -113,6 +113,7 @@ class _Spec:
     nan_policy: str
     reads: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    stdin_prefix: bytes = b""  # what was read from stdin to find the columns
 
     @property
     def stdin(self) -> bool:
@@ -172,7 +173,7 @@ def _open(spec: _Spec) -> Any:
                               "1 and the labels must be declared (stream.classes or n_classes), "
                               "or read from a file instead")
         spec.reads += 1
-        return sys.stdin.buffer
+        return io.BufferedReader(_Prefixed(spec.stdin_prefix, sys.stdin.buffer))
     spec.reads += 1
     try:
         return open(spec.path, "rb")  # noqa: SIM115 - closed by the reader
@@ -387,9 +388,20 @@ READERS: dict[str, Callable[[_Spec], Iterator[_Raw]]] = {
     "csv": _csv_chunks, "parquet": _parquet_chunks, "jsonl": _jsonl_chunks}
 
 
+def _read_head(fh: Any) -> bytes:
+    """The first lines of stdin (header and a row), as they arrive; kept for the reader."""
+    buf = b""
+    while buf.count(b"\n") < 2 and len(buf) < PEEK_BYTES:
+        chunk = fh.read1(PEEK_BYTES - len(buf)) if hasattr(fh, "read1") else fh.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 def _default_features(fmt: str, path: str, target: str, task: str | None
-                      ) -> tuple[list[str], list[str]]:
-    """(numeric columns other than target/task, in file order; all columns)."""
+                      ) -> tuple[list[str], list[str], bytes]:
+    """(numeric columns other than target/task, in file order; all columns; stdin bytes read)."""
     skip = {target, task}
     if fmt == "parquet":
         pa = _pyarrow(fmt)
@@ -405,10 +417,10 @@ def _default_features(fmt: str, path: str, target: str, task: str | None
                               f"({str(exc).splitlines()[0]})") from exc
         numeric = [f.name for f in schema if f.name not in skip and (
             pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
-        return numeric, list(schema.names)
+        return numeric, list(schema.names), b""
+    consumed = b""
     if path == "-":
-        fh = sys.stdin.buffer
-        prefix = fh.peek(PEEK_BYTES) if hasattr(fh, "peek") else b""
+        prefix = consumed = _read_head(sys.stdin.buffer)
     else:
         try:
             with open(path, "rb") as fh:
@@ -421,7 +433,7 @@ def _default_features(fmt: str, path: str, target: str, task: str | None
         schema = _csv_schema(path, prefix)
         numeric = [f.name for f in schema if f.name not in skip and (
             pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
-        return numeric, list(schema.names)
+        return numeric, list(schema.names), consumed
     first = prefix.split(b"\n", 1)[0].strip()
     try:
         obj = json.loads(first) if first else {}
@@ -432,7 +444,7 @@ def _default_features(fmt: str, path: str, target: str, task: str | None
         raise DataError(f"stream jsonl ({path}), line 1: each line must be one JSON object")
     numeric = [k for k, v in obj.items() if k not in skip and isinstance(v, int | float)
                and not isinstance(v, bool)]
-    return numeric, list(obj)
+    return numeric, list(obj), consumed
 
 
 # ---------------------------------------------------------------------------
@@ -651,14 +663,14 @@ def from_file(fmt: str, path: str, *, target: str, features: Sequence[str] | Non
         raise ConfigError(f"{where}: stdin is read once, as it arrives: declare the labels "
                           "(stream.classes: [...] or n_classes: N) and use test_path, not "
                           "test_tail, for an evaluation set")
-    numeric, names = _default_features(fmt, path, target, task)
+    numeric, names, consumed = _default_features(fmt, path, target, task)
     feats = list(features) if features is not None else numeric
     if not feats:
         raise DataError(f"{where}: no numeric feature columns besides the target {target!r}; "
                         f"the file has columns {names}; list them in stream.features")
     if len(set(feats)) != len(feats) or target in feats or (task is not None and task in feats):
         raise ConfigError(f"{where}: features {feats} repeat a column or include the target/task")
-    spec = _Spec(fmt, path, target, feats, task, chunk, nan_policy)
+    spec = _Spec(fmt, path, target, feats, task, chunk, nan_policy, stdin_prefix=consumed)
     _columns_error(spec, names)
 
     tail = _Raw.concat([], len(feats))

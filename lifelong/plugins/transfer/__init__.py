@@ -1,3 +1,7 @@
 """Transfer: fine-tuning presets that start from a source network and choose what trains, and how fast."""
 
-__all__ = ["finetune", "discriminative", "scale_bias"]
+from lifelong.plugins.transfer.discriminative import DiscriminativeLR
+from lifelong.plugins.transfer.finetune import FineTune
+from lifelong.plugins.transfer.scale_bias import ScaleBiasPatch
+
+__all__ = ["DiscriminativeLR", "FineTune", "ScaleBiasPatch"]
