@@ -39,8 +39,8 @@ from lifelong.stream.transforms import TRANSFORMS
 
 Factory = Callable[[], Any]
 
-__all__ = ["tiny_stream", "make_learner", "check_plugin", "check_strategy", "plugin_checks",
-           "strategy_checks", "assert_same_state", "contract_factory"]
+__all__ = ["tiny_stream", "make_learner", "shifted", "check_plugin", "check_strategy",
+           "plugin_checks", "strategy_checks", "assert_same_state", "contract_factory"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -50,9 +50,29 @@ def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int
                  n_test_per_class=10, task_aware=task_aware, task_labels=task_labels, seed=seed)
 
 
+def shifted(stream: Stream, *, shift: float = 0.5, scale: float = 1.0) -> Stream:
+    """A target domain for ``stream``: every input mapped to ``scale * x + shift`` (labels kept)."""
+    from lifelong.stream.base import EvalSet, TensorExperience
+
+    exps = [TensorExperience(e.id, e.x * scale + shift, e.y, task_id=e.task_id,  # type: ignore[attr-defined]
+                             classes=e.classes) for e in stream.experiences()]
+    test = [EvalSet(t.x * scale + shift, t.y, t.classes, t.task_id, f"{t.name}/shifted")
+            for t in stream.test]
+    return Stream(f"{stream.name}_shifted", stream.num_classes, stream.input_shape,
+                  lambda: iter(exps), test, task_aware=stream.task_aware,
+                  n_experiences=stream.n_experiences, task_labels=stream.task_labels,
+                  seed=stream.seed)
+
+
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
                  lr: float = 0.05, **kwargs: Any) -> Learner:
-    """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix."""
+    """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix.
+
+    A plugin that requires a target domain gets ``shifted(stream)`` unless
+    ``target=`` is given.
+    """
+    if "target" not in kwargs and any("target" in getattr(p, "requires", ()) for p in plugins):
+        kwargs["target"] = shifted(stream)
     torch.manual_seed(seed)
     model = mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[32])
     return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],
