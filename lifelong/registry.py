@@ -59,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.domain.dann",
     "lifelong.plugins.domain.importance_weighting",
     "lifelong.plugins.domain.self_training",
+    "lifelong.plugins.domain.adda",
     "lifelong.strategies",
     "lifelong.strategies.replay",
     "lifelong.strategies.generative",
