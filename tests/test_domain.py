@@ -440,3 +440,23 @@ def test_yaml_run_reports_target_accuracy(tmp_path):
     assert 0.0 <= metrics["final_target_accuracy"] <= 1.0
     assert len(metrics["source_accuracy"]) == 1
     assert metrics["config"]["target"] == {"name": "mnist_domain", "invert": True}
+
+
+def test_domain_methods_compose_with_replay_and_ewc_and_resume_exactly():
+    from lifelong.plugins.domain import DANN
+    from lifelong.plugins.regularization import EWC
+    from lifelong.plugins.replay import ER
+
+    def plugins():
+        return [ER(mem_size=20), EWC(), DANN(), CORAL()]
+
+    stream = tiny_stream()
+    full = make_learner(plugins(), stream)
+    full.fit(stream)
+    first = make_learner(plugins(), stream)
+    first.fit(stream, stop_after=11)
+    second = make_learner(plugins(), stream)
+    from lifelong.testing import _roundtrip
+
+    second.fit(stream, state=_roundtrip(first.state_dict()))
+    assert_same_state(_weights(full), _weights(second), "ER + EWC + DANN + CORAL resumed")
