@@ -85,7 +85,7 @@ def test_evaluation_reports_source_and_target_accuracy_per_experience():
 
 @pytest.mark.parametrize("plugin, params", [
     ("coral", {}), ("mmd", {}), ("dann", {}), ("importance_weighting", {}),
-    ("self_training", {"t1": 0, "t2": 5}),
+    ("self_training", {"t1": 0, "t2": 5}), ("adda", {"pretrain_steps": 5}),
 ])
 def test_target_labels_never_reach_training(plugin, params):
     from lifelong.run import make_plugin
