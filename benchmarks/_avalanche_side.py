@@ -36,8 +36,9 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     args = ap.parse_args()
 
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.benchmarks.utils import make_tensor_classification_dataset
+    from avalanche.benchmarks.scenarios.deprecated.generic_benchmark_creation import (
+        create_generic_benchmark_from_tensor_lists,
+    )
     from avalanche.training import plugins as P
     from avalanche.training import supervised as S
     from avalanche.training.plugins import EvaluationPlugin
@@ -46,9 +47,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = mlp()
     model.load_state_dict(d["init"])
-    train = [make_tensor_classification_dataset(x, y) for x, y in d["train"]]
-    test = [make_tensor_classification_dataset(x, y) for x, y in d["test"]]
-    bm = benchmark_from_datasets(train=train, test=test)
+    bm = create_generic_benchmark_from_tensor_lists(
+        [[x, y] for x, y in d["train"]], [[x, y] for x, y in d["test"]],
+        task_labels=[0] * len(d["train"]))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     common = dict(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(), train_mb_size=10,
                   train_epochs=1, eval_mb_size=1000, device="cpu",
