@@ -5,6 +5,7 @@ A run config::
     seed: 0
     device: auto                  # auto | cpu | cuda | cuda:N
     stream:   {name: split_mnist, n_experiences: 5}   # + label_delay: k (batches)
+    target:   {name: mnist_domain, rotate: 45}        # optional unlabeled target domain
     backbone: {name: mlp, hidden: [256, 256]}
     strategy: er                  # a preset name, or {name: er, mem_size: 200}
     plugins:                      # more plugins, composed with the preset's
@@ -31,7 +32,7 @@ from lifelong.errors import ConfigError
 from lifelong.registry import Registry, get_registry
 
 TOP_KEYS = {"seed", "device", "stream", "backbone", "strategy", "plugins", "train", "eval",
-            "checkpoint", "name"}
+            "checkpoint", "name", "target"}
 TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "epochs": (int,), "optimizer": (str,), "lr": (float, int),
     "momentum": (float, int), "weight_decay": (float, int), "nan_policy": (str,),
@@ -248,6 +249,12 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
     cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream")}
     if delay is not None:
         cfg["stream"]["label_delay"] = delay
+    if cfg.get("target") is not None:
+        name, params = _named(cfg["target"], "target")
+        if "label_delay" in params:
+            raise ConfigError("target.label_delay: the target stream is unlabeled for training; "
+                              "set label_delay on stream: only")
+        cfg["target"] = {"name": name, **check_params("stream", name, params, reg, "target")}
     name, params = _named(cfg["backbone"], "backbone")
     cfg["backbone"] = {"name": name, **check_params("backbone", name, params, reg, "backbone")}
     if cfg["strategy"] is not None:

@@ -7,7 +7,8 @@ Four kinds of hook:
   ``after_training``);
 * contributors return a value the learner collects (``replay_batch``,
   ``loss_terms``, ``detect_boundary``, ``register``);
-* deciders are ``firstresult`` (``combine_losses``, ``expand_model``): at
+* deciders are ``firstresult`` (``combine_losses``, ``expand_model``,
+  ``sample_weights``): at
   most one plugin may implement each, checked when the run is assembled;
 * the gradient stage (``before_update``) may be *owned* by at most one
   plugin (GEM, A-GEM, MGDA rewrite gradients); others only observe it.
@@ -211,6 +212,31 @@ def replay_batch(learner: Learner, step: Step) -> Batch | None:
         @hookimpl
         def replay_batch(self, learner, step):
             return self.buffer_.sample(self.batch_size) if len(self.buffer_) else None
+    """
+
+
+@hookspec(firstresult=True)
+def sample_weights(learner: Learner, step: Step) -> Tensor | None:
+    """Weight the stream samples' cross-entropy, one weight per stream row.
+
+    Why a hook: covariate-shift corrections (importance weighting,
+    Shimodaira 2000) weight each source sample's loss, which must happen
+    before the learner reduces the per-sample cross-entropy to
+    ``step.losses["ce"]``; ``loss_terms`` can only add terms. Called after
+    the forward pass (``step.logits`` is set), before ``loss_terms``.
+    Decider: at most one plugin may implement it.
+
+    :param learner: the learner.
+    :param step: the step, after the forward pass.
+
+    Returns a ``(step.n_stream,)`` tensor on the learner's device (no
+    gradient); ``"ce"`` becomes ``mean(w_i * ce_i)``, so weights normalized
+    to mean 1 keep the loss's scale. ``None`` keeps the plain mean. Example::
+
+        @hookimpl
+        def sample_weights(self, learner, step):
+            w = self.ratio(step.batch.x).clamp(max=10.0)
+            return w / w.mean()
     """
 
 

@@ -32,6 +32,7 @@ from lifelong import hookspecs
 from lifelong.errors import CompositionError, ConfigError, DataError, NonFiniteLossError
 from lifelong.features import FeatureCapture
 from lifelong.stream.base import Batch, EvalSet, Experience, Stream
+from lifelong.stream.target import TargetSampler
 
 __all__ = ["Learner", "Step", "EvalReport", "resolve_device", "HookFacade"]
 
@@ -55,7 +56,10 @@ class Step:
 
     ``batch`` is the stream batch on the learner's device; after the forward
     pass ``logits`` holds the stream rows first (``n_stream`` of them) and then
-    each replay batch's rows. ``losses`` maps term names to scalars.
+    each replay batch's rows, then (when a plugin requires a target) the target
+    rows, ``step.target_rows`` of them. ``step.target`` holds the inputs of
+    the unlabeled target batch (no labels: see :mod:`lifelong.stream.target`).
+    ``losses`` maps term names to scalars.
     ``scratch`` is per-plugin storage: use your own key. ``predict_logits``
     holds the logits of ``batch.predict`` (samples that arrived at this step
     and whose labels come later; see :class:`~lifelong.stream.base.Batch`),
@@ -63,7 +67,7 @@ class Step:
     """
 
     __slots__ = ("index", "batch", "experience", "n_stream", "logits", "losses", "loss",
-                 "replays", "_owners", "scratch", "predict_logits")
+                 "replays", "_owners", "scratch", "predict_logits", "target", "target_rows")
 
     def __init__(self, index: int, batch: Batch, experience: Experience | None) -> None:
         self.index = index
@@ -77,11 +81,20 @@ class Step:
         self._owners: list[tuple[Any, slice]] = []
         self.scratch: dict[str, Any] = {}
         self.predict_logits: Tensor | None = None
+        self.target: Tensor | None = None
+        self.target_rows: slice | None = None
 
     @property
     def stream_logits(self) -> Tensor:
         assert self.logits is not None
         return self.logits[: self.n_stream]
+
+    @property
+    def target_logits(self) -> Tensor | None:
+        """Logits of the target rows of the forward pass (``None`` without a target batch)."""
+        if self.target_rows is None or self.logits is None:
+            return None
+        return self.logits[self.target_rows]
 
     def _slice_of(self, plugin: Any) -> slice | None:
         for owner, sl in self._owners:
@@ -109,7 +122,9 @@ class EvalReport:
     ``class_il[j]`` / ``task_il[j]``: accuracy on evaluation set j without /
     with the logits masked to that experience's classes. ``kind`` is
     ``"initial"`` (before training), ``"experience_end"`` (after the stream's
-    experience ``experience_index``) or ``"anytime"``.
+    experience ``experience_index``) or ``"anytime"``. ``target[j]``: accuracy
+    on the target stream's evaluation set j (domain adaptation; empty without
+    a target stream).
     """
 
     kind: str
@@ -119,6 +134,7 @@ class EvalReport:
     step: int
     experience_index: int | None = None
     eval_sets: Sequence[EvalSet] = field(default_factory=list, repr=False)
+    target: list[float] = field(default_factory=list)
 
 
 class HookFacade:
@@ -130,7 +146,7 @@ class HookFacade:
         self.has = {name: bool(getattr(h, name).get_hookimpls())
                     for name in ("replay_batch", "loss_terms", "combine_losses", "before_update",
                                  "after_update", "detect_boundary", "expand_model", "after_eval",
-                                 "parameter_groups")}
+                                 "parameter_groups", "sample_weights")}
 
     def before_training(self, learner: Learner, stream: Stream) -> None:
         self._h.before_training(learner=learner, stream=stream)
@@ -164,6 +180,9 @@ class HookFacade:
 
     def loss_terms(self, learner: Learner, step: Step) -> list[dict[str, Tensor]]:
         return self._h.loss_terms(learner=learner, step=step)
+
+    def sample_weights(self, learner: Learner, step: Step) -> Tensor | None:
+        return self._h.sample_weights(learner=learner, step=step)
 
     def combine_losses(self, learner: Learner, step: Step, losses: dict[str, Tensor]) -> Tensor | None:
         return self._h.combine_losses(learner=learner, step=step, losses=losses)
@@ -199,6 +218,10 @@ class Learner:
     :param check_every: steps between non-finite-loss checks that sync with the
         device (1 on CPU; on CUDA a larger value avoids per-step host syncs).
     :param detect_in_task_aware: also ask ``detect_boundary`` in task-aware streams.
+    :param target: an unlabeled target stream (domain adaptation): plugins that
+        declare ``requires = ("target",)`` get a target batch each step
+        (:mod:`lifelong.stream.target`), and every evaluation also reports the
+        accuracy on its held-out data (``EvalReport.target``).
     """
 
     def __init__(
@@ -217,6 +240,7 @@ class Learner:
         nan_policy: str = "raise",
         check_every: int | None = None,
         detect_in_task_aware: bool = False,
+        target: Stream | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {batch_size}")
@@ -262,6 +286,9 @@ class Learner:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
         self._features: FeatureCapture | None = None
+        self.target = target
+        self._target: TargetSampler | None = None
+        self._needs_target = any("target" in getattr(p, "requires", ()) for p in self.plugins)
 
     @property
     def features(self) -> FeatureCapture:
@@ -350,7 +377,7 @@ class Learner:
         return cls(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def _check_composition(self) -> None:
-        for hook in ("combine_losses", "expand_model"):
+        for hook in ("combine_losses", "expand_model", "sample_weights"):
             impls = getattr(self.pm.hook, hook).get_hookimpls()
             if len(impls) > 1:
                 names = ", ".join(plugin_name(i.plugin) for i in impls)
@@ -379,6 +406,7 @@ class Learner:
             if "task_labels" in needs and not stream.task_labels:
                 raise CompositionError(f"plugin {name!r} needs task labels, but stream "
                                        f"{stream.name!r} gives none (set task_labels: true)")
+        self._check_target(stream)
         # one dry forward: input shape and head size are checked before the first batch
         for exp in stream.test[:1]:
             x = exp.x[:1].to(self.device)
@@ -395,6 +423,28 @@ class Learner:
                 raise DataError(f"the model outputs shape {tuple(out.shape)} but stream "
                                 f"{stream.name!r} has {stream.num_classes} classes; size the head "
                                 f"to num_classes={stream.num_classes}")
+
+    def _check_target(self, stream: Stream) -> None:
+        need = [plugin_name(p) for p in self.plugins if "target" in getattr(p, "requires", ())]
+        target = self.target
+        if target is None:
+            if need:
+                raise CompositionError(f"plugin {need[0]!r} adapts to a target domain, but no "
+                                       "target stream is configured: add target: {name: ...} "
+                                       "next to stream: (the same stream names)")
+            return
+        if tuple(target.input_shape) != tuple(stream.input_shape):
+            raise DataError(f"target stream {target.name!r} has inputs of shape "
+                            f"{tuple(target.input_shape)}, the stream {stream.name!r} has "
+                            f"{tuple(stream.input_shape)}; give the target a transform that maps "
+                            "it (e.g. digits_domain with size: 28) or a stream of the same shape")
+        if target.num_classes > stream.num_classes:
+            raise DataError(f"target stream {target.name!r} has {target.num_classes} classes, the "
+                            f"stream {stream.name!r} only {stream.num_classes}; the target's "
+                            "labels (used only to evaluate) must be classes of the stream")
+        self._target = TargetSampler(target, seed=self.seed)
+        if need:
+            self._target.experiences()  # an iterable target is refused before the first batch
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
@@ -546,10 +596,20 @@ class Learner:
             pairs = hooks.replay_batch(self, step)
             if pairs:
                 x, task = self._concat_replay(step, pairs)
+        if self._needs_target and self._target is not None:
+            x, task = self._concat_target(step, x, task)
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.forward(x, task)
         step.logits = logits
-        ce = F.cross_entropy(logits[: step.n_stream] if step.replays else logits, y)
+        own = logits[: step.n_stream] if len(logits) != step.n_stream else logits
+        weights = hooks.sample_weights(self, step) if hooks.has["sample_weights"] else None
+        if weights is None:
+            ce = F.cross_entropy(own, y)
+        else:
+            if weights.shape != (step.n_stream,):
+                raise DataError(f"sample_weights returned shape {tuple(weights.shape)}; expected "
+                                f"one weight per stream sample, ({step.n_stream},)")
+            ce = (F.cross_entropy(own, y, reduction="none") * weights).mean()
         losses = step.losses
         losses["ce"] = ce
         if hooks.has["loss_terms"]:
@@ -611,6 +671,21 @@ class Learner:
                               for t, x_ in zip(tasks, xs)])
         return torch.cat(xs), task
 
+    def _concat_target(self, step: Step, x: Tensor, task: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Append this step's target rows (inputs only) to the forward pass."""
+        assert self._target is not None
+        xt = self._target.draw(self.experience_index, self.batch_in_experience, step.n_stream,
+                               batch_size=self.batch_size).to(self.device, non_blocking=True)
+        step.target = xt
+        step.target_rows = slice(len(x), len(x) + len(xt))
+        if self._task_conditioned:
+            tid = step.experience.task_id if step.experience is not None else None
+            tt = torch.full((len(xt),), tid or 0, dtype=torch.long, device=self.device)
+            base = task if task is not None else torch.zeros(len(x), dtype=torch.long,
+                                                             device=self.device)
+            task = torch.cat([base, tt])
+        return torch.cat([x, xt]), task
+
     def _inputs_ok(self, batch: Batch, experience: Experience) -> bool:
         """Host-side NaN/inf check for batches of streams not checked up front."""
         x = batch.x
@@ -659,13 +734,15 @@ class Learner:
     def evaluate(self, eval_sets: Sequence[EvalSet] | None = None, *, kind: str = "anytime",
                  batch_size: int = 1000) -> EvalReport:
         """Accuracy on each evaluation set, Class-IL and Task-IL, from one forward pass each."""
+        with_target = eval_sets is None  # the run's own evaluation also scores the target
         if eval_sets is None:
             eval_sets = self.stream.test if self.stream is not None else []
         t0 = time.perf_counter()
         was = self.model.training
         self.model.eval()
+        target_sets = list(self.target.test) if with_target and self.target is not None else []
         class_il, task_il = [], []
-        for es in eval_sets:
+        for es in [*eval_sets, *target_sets]:
             correct_c = torch.zeros((), dtype=torch.long, device=self.device)
             correct_t = torch.zeros((), dtype=torch.long, device=self.device)
             mask = None
@@ -680,9 +757,11 @@ class Learner:
                 correct_t += ((logits + mask).argmax(1) == y).sum()
             class_il.append(correct_c)
             task_il.append(correct_t)
-        counts = torch.stack(class_il + task_il).tolist() if eval_sets else []
-        k = len(eval_sets)
-        sizes = [max(len(es), 1) for es in eval_sets]
+        k, kt = len(eval_sets), len(target_sets)
+        counts = torch.stack(class_il + task_il).tolist() if k + kt else []
+        sizes = [max(len(es), 1) for es in [*eval_sets, *target_sets]]
+        target = [c / n for c, n in zip(counts[k:k + kt], sizes[k:])]
+        counts = counts[:k] + counts[k + kt:k + kt + k]
         report = EvalReport(
             kind=kind,
             class_il=[c / n for c, n in zip(counts[:k], sizes)],
@@ -691,6 +770,7 @@ class Learner:
             step=self.step_index,
             experience_index=self.experience_index if kind == "experience_end" else None,
             eval_sets=eval_sets,
+            target=target,
         )
         self.model.train(was)
         self.eval_time_s += time.perf_counter() - t0

@@ -68,6 +68,8 @@ class Classifier(base.MiniBatchClassifier):
     :param max_classes: head size when ``classes`` is not given.
     :param nan_policy: ``"raise"`` or ``"skip"`` for rows with NaN/inf values.
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param threads: torch CPU threads (``train.threads``); ``None`` keeps the process's
+        current setting, so building an estimator changes nothing global.
     :param seed: seeds the model's initialisation and every plugin.
     """
 
@@ -76,7 +78,8 @@ class Classifier(base.MiniBatchClassifier):
                  optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
                  weight_decay: float = 0.0, batch_size: int = 1, n_features: int | None = None,
                  classes: tuple[Any, ...] | None = None, max_classes: int = 10,
-                 nan_policy: str = "raise", device: str = "cpu", seed: int = 0) -> None:
+                 nan_policy: str = "raise", device: str = "cpu", threads: int | None = None,
+                 seed: int = 0) -> None:
         self.backbone = backbone
         self.backbone_params = backbone_params
         self.strategy = strategy
@@ -91,6 +94,7 @@ class Classifier(base.MiniBatchClassifier):
         self.max_classes = max_classes
         self.nan_policy = nan_policy
         self.device = device
+        self.threads = threads
         self.seed = seed
         self._reset()
 
@@ -130,7 +134,9 @@ class Classifier(base.MiniBatchClassifier):
             "plugins": [dict(p) if isinstance(p, dict) else p for p in self.plugins or []],
             "train": {"batch_size": self.batch_size, "optimizer": self.optimizer,
                       "lr": self.lr, "momentum": self.momentum,
-                      "weight_decay": self.weight_decay, "nan_policy": "raise"},
+                      "weight_decay": self.weight_decay, "nan_policy": "raise",
+                      "threads": self.threads if self.threads is not None
+                      else torch.get_num_threads()},
             "eval": {"prequential": False, "matrix": False},
         }
         if self.strategy is not None:

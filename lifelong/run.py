@@ -21,7 +21,13 @@ import torch
 from lifelong.config import resolve
 from lifelong.errors import ConfigError, LifelongError
 from lifelong.learner import Learner, plugin_name, resolve_device
-from lifelong.plugins.evaluation import AccuracyMatrix, AnytimeAccuracy, Prequential, Resources
+from lifelong.plugins.evaluation import (
+    AccuracyMatrix,
+    AnytimeAccuracy,
+    DomainAccuracy,
+    Prequential,
+    Resources,
+)
 from lifelong.registry import Registry, get_registry
 from lifelong.stream.base import Stream
 from lifelong.stream.delay import label_delay
@@ -69,6 +75,13 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     if "seed" in sentry.parameters() and "seed" not in sparams:
         sparams["seed"] = seed
     stream: Stream = sentry.factory(**sparams)
+    target: Stream | None = None
+    if cfg.get("target") is not None:  # the unlabeled target domain: same names and adapters
+        tparams = {k: v for k, v in cfg["target"].items() if k != "name"}
+        tentry = reg.get("stream", cfg["target"]["name"])
+        if "seed" in tentry.parameters() and "seed" not in tparams:
+            tparams["seed"] = seed
+        target = tentry.factory(**tparams)
 
     specs: list[dict[str, Any]] = []
     train = dict(cfg["train"])
@@ -107,12 +120,14 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         observers.append(Prequential(window=ev.get("window", 100)))
     if ev.get("every", 0):
         observers.append(AnytimeAccuracy(every=ev["every"]))
+    if target is not None:
+        observers.append(DomainAccuracy())
     learner = Learner(
         model, plugins=plugins + observers, optimizer=train["optimizer"], lr=float(train["lr"]),
         momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),
         batch_size=train["batch_size"], epochs=train["epochs"], device=cfg["device"], seed=seed,
         nan_policy=train["nan_policy"], check_every=train.get("check_every"),
-        detect_in_task_aware=train.get("detect_in_task_aware", False),
+        detect_in_task_aware=train.get("detect_in_task_aware", False), target=target,
     )
     cfg["train"] = train
     return Run(cfg, stream, learner, plugins, threads=threads, threads_rule=threads_rule)

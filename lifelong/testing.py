@@ -53,8 +53,9 @@ from lifelong.stream.transforms import TRANSFORMS
 
 Factory = Callable[[], Any]
 
-__all__ = ["tiny_stream", "make_learner", "check_plugin", "check_strategy", "plugin_checks",
-           "strategy_checks", "assert_same_state", "contract_factory", "contract_teacher"]
+__all__ = ["tiny_stream", "make_learner", "shifted", "check_plugin", "check_strategy",
+           "plugin_checks", "strategy_checks", "assert_same_state", "contract_factory",
+           "contract_teacher"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -72,13 +73,30 @@ def _build(backbone: dict[str, Any] | None, stream: Stream) -> torch.nn.Module:
         input_shape=stream.input_shape, num_classes=stream.num_classes, **params)
 
 
+def shifted(stream: Stream, *, shift: float = 0.5, scale: float = 1.0) -> Stream:
+    """A target domain for ``stream``: every input mapped to ``scale * x + shift`` (labels kept)."""
+    from lifelong.stream.base import EvalSet, TensorExperience
+
+    exps = [TensorExperience(e.id, e.x * scale + shift, e.y, task_id=e.task_id,  # type: ignore[attr-defined]
+                             classes=e.classes) for e in stream.experiences()]
+    test = [EvalSet(t.x * scale + shift, t.y, t.classes, t.task_id, f"{t.name}/shifted")
+            for t in stream.test]
+    return Stream(f"{stream.name}_shifted", stream.num_classes, stream.input_shape,
+                  lambda: iter(exps), test, task_aware=stream.task_aware,
+                  n_experiences=stream.n_experiences, task_labels=stream.task_labels,
+                  seed=stream.seed)
+
+
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
                  lr: float = 0.05, **kwargs: Any) -> Learner:
     """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix.
 
     The first plugin's ``contract_backbone`` (a backbone config), if it has one,
-    replaces the MLP.
+    replaces the MLP. A plugin that requires a target domain gets
+    ``shifted(stream)`` unless ``target=`` is given.
     """
+    if "target" not in kwargs and any("target" in getattr(p, "requires", ()) for p in plugins):
+        kwargs["target"] = shifted(stream)
     torch.manual_seed(seed)
     backbone = next((getattr(p, "contract_backbone", None) for p in plugins[:1]), None)
     model = _build(backbone, stream)

@@ -14,7 +14,8 @@ from lifelong.testing import make_learner, tiny_stream
 
 HOOKS = ("before_training", "before_experience", "expand_model", "replay_batch", "loss_terms",
          "combine_losses", "before_update", "after_update", "detect_boundary",
-         "after_experience", "after_eval", "after_training", "parameter_groups")
+         "after_experience", "after_eval", "after_training", "parameter_groups",
+         "sample_weights")
 
 
 class Recorder:
@@ -48,6 +49,10 @@ class Recorder:
         self.calls.append("replay_batch")
 
     @hookimpl
+    def sample_weights(self, learner, step):
+        self.calls.append("sample_weights")
+
+    @hookimpl
     def loss_terms(self, learner, step):
         self.calls.append("loss_terms")
 
@@ -76,7 +81,7 @@ class Recorder:
         self.calls.append("parameter_groups")
 
 
-STEP = ["replay_batch", "loss_terms", "combine_losses", "before_update", "after_update"]
+STEP = ["replay_batch", "sample_weights", "loss_terms", "combine_losses", "before_update", "after_update"]
 
 
 def test_golden_hook_sequence_task_aware():

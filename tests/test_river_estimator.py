@@ -107,3 +107,20 @@ def test_predict_many_matches_predict_one_on_frames():
         warnings.simplefilter("error")
         m.learn_many(X, y)
     assert list(m.predict_many(X)) == [m.predict_one(x) for x in X.to_dict("records")]
+
+
+def test_an_estimator_leaves_the_process_thread_setting_alone():
+    import torch
+
+    from lifelong.threads import available_cores
+
+    before = torch.get_num_threads()
+    n = min(2, available_cores())
+    torch.set_num_threads(n)
+    try:
+        m = Classifier(backbone_params={"hidden": [4]})  # "auto" would pick 1 thread for it
+        m.learn_one({"x": 1.0}, 0)
+        assert torch.get_num_threads() == n
+        assert Classifier(threads=1, backbone_params={"hidden": [4]}).config(1)["train"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

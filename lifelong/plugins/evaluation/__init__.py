@@ -3,7 +3,8 @@
 
 from lifelong.plugins.evaluation.accuracy_matrix import AccuracyMatrix
 from lifelong.plugins.evaluation.anytime import AnytimeAccuracy
+from lifelong.plugins.evaluation.domain_accuracy import DomainAccuracy
 from lifelong.plugins.evaluation.prequential import Prequential
 from lifelong.plugins.evaluation.resources import Resources
 
-__all__ = ["AccuracyMatrix", "AnytimeAccuracy", "Prequential", "Resources"]
+__all__ = ["AccuracyMatrix", "AnytimeAccuracy", "DomainAccuracy", "Prequential", "Resources"]
