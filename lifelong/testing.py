@@ -41,9 +41,9 @@ from lifelong.stream.transforms import TRANSFORMS
 
 Factory = Callable[[], Any]
 
-__all__ = ["tiny_stream", "tiny_multitask_stream", "make_learner", "shifted", "check_plugin",
-           "check_strategy", "plugin_checks", "strategy_checks", "assert_same_state",
-           "contract_factory"]
+__all__ = ["tiny_stream", "tiny_multitask_stream", "multitask_view", "make_learner",
+           "shifted", "check_plugin", "check_strategy", "plugin_checks", "strategy_checks",
+           "assert_same_state", "contract_factory"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -71,7 +71,13 @@ def tiny_multitask_stream(*, seed: int = 0, n_per_class: int = 24) -> Stream:
     """The contract's stream with three targets per sample: tasks ``a`` (6 classes), ``b``
     (2 classes, the parity of ``a``) and ``c`` (regression, 3 x the mean input), iid, in three
     experiences."""
-    base = tiny_stream(seed=seed, n_per_class=n_per_class)
+    return multitask_view(tiny_stream(seed=seed, n_per_class=n_per_class))
+
+
+def multitask_view(base: Stream) -> Stream:
+    """A single-target tensor stream as a multi-target one: tasks ``a`` (its labels), ``b``
+    (their parity) and ``c`` (regression, 3 x the mean input); the same samples, iid, in as
+    many experiences."""
     xs = torch.cat([e.x for e in base.experiences()])
     ys = torch.cat([e.y for e in base.experiences()])
     xt, yt = torch.cat([t.x for t in base.test]), torch.cat([t.y for t in base.test])
@@ -79,10 +85,11 @@ def tiny_multitask_stream(*, seed: int = 0, n_per_class: int = 24) -> Stream:
     def targets(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"a": y, "b": y % 2, "c": 3.0 * x.flatten(1).mean(1)}
 
-    tasks = (TaskSpec("a", "classification", 6), TaskSpec("b", "classification", 2),
-             TaskSpec("c", "regression", 1))
-    return multi_target(xs, targets(xs, ys), xt, targets(xt, yt), tasks=tasks, n_experiences=3,
-                        seed=seed, name="tiny_multitask")
+    tasks = (TaskSpec("a", "classification", base.num_classes),
+             TaskSpec("b", "classification", 2), TaskSpec("c", "regression", 1))
+    n = min(base.n_experiences or 1, len(yt))
+    return multi_target(xs, targets(xs, ys), xt, targets(xt, yt), tasks=tasks, n_experiences=n,
+                        seed=base.seed, name=f"{base.name}_multitask")
 
 
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
