@@ -69,21 +69,21 @@ def shifted(stream: Stream, *, shift: float = 0.5, scale: float = 1.0) -> Stream
 
 def tiny_multitask_stream(*, seed: int = 0, n_per_class: int = 24) -> Stream:
     """The contract's stream with three targets per sample: tasks ``a`` (6 classes), ``b``
-    (2 classes, the parity of ``a``) and ``c`` (regression, 3 x the mean input), iid, in three
+    (2 classes, the parity of ``a``) and ``c`` (regression, the mean input), iid, in three
     experiences."""
     return multitask_view(tiny_stream(seed=seed, n_per_class=n_per_class))
 
 
 def multitask_view(base: Stream) -> Stream:
     """A single-target tensor stream as a multi-target one: tasks ``a`` (its labels), ``b``
-    (their parity) and ``c`` (regression, 3 x the mean input); the same samples, iid, in as
+    (their parity) and ``c`` (regression, the mean input); the same samples, iid, in as
     many experiences."""
     xs = torch.cat([e.x for e in base.experiences()])
     ys = torch.cat([e.y for e in base.experiences()])
     xt, yt = torch.cat([t.x for t in base.test]), torch.cat([t.y for t in base.test])
 
     def targets(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"a": y, "b": y % 2, "c": 3.0 * x.flatten(1).mean(1)}
+        return {"a": y, "b": y % 2, "c": x.flatten(1).mean(1)}
 
     tasks = (TaskSpec("a", "classification", base.num_classes),
              TaskSpec("b", "classification", 2), TaskSpec("c", "regression", 1))

@@ -272,3 +272,16 @@ def test_cross_stitch_paper_init_and_its_learning_rate_multiplier():
 def test_single_target_streams_still_see_plain_ce():
     s = Stream("x", 2, (3,), lambda: [], test=[])
     assert s.tasks == ()
+
+
+def test_cross_stitch_unit_mixes_channel_by_channel_as_written():
+    from lifelong.multitask import CrossStitchUnit
+
+    unit = CrossStitchUnit(2, 2, alpha_same=0.9, alpha_diff=0.1)
+    with torch.no_grad():
+        unit.alpha.copy_(torch.tensor([[[0.9, 0.1], [0.3, 0.7]], [[1.0, 2.0], [0.0, -1.0]]]))
+    xa, xb = torch.tensor([[1.0, 2.0]]), torch.tensor([[10.0, 20.0]])
+    oa, ob = unit([xa, xb])
+    # channel 0: a~ = 0.9 a + 0.1 b, b~ = 0.3 a + 0.7 b; channel 1: a~ = a + 2 b, b~ = -b
+    assert oa[0].tolist() == pytest.approx([0.9 + 1.0, 2.0 + 40.0])
+    assert ob[0].tolist() == pytest.approx([0.3 + 7.0, -20.0])
