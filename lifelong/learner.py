@@ -394,6 +394,11 @@ class Learner:
                     "task-free and no boundary detector is configured: add one (e.g. plugin "
                     "'every_n' or a drift detector) or use a method that needs none"
                     + (f" ({p.requires_hint})" if getattr(p, "requires_hint", None) else ""))
+            if stream.tasks and getattr(p, "single_target", False):
+                raise CompositionError(f"plugin {name!r} works on one output and one target per "
+                                       f"sample, but stream {stream.name!r} has tasks "
+                                       f"{', '.join(t.name for t in stream.tasks)}: use it on a "
+                                       "single-target stream")
             if "multitask" in needs and not stream.tasks:
                 raise CompositionError(f"plugin {name!r} balances several tasks, but stream "
                                        f"{stream.name!r} has one target per sample; use a "
