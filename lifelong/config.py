@@ -40,6 +40,7 @@ TRAIN_KEYS: dict[str, tuple[type, ...]] = {
 }
 EVAL_KEYS: dict[str, tuple[type, ...]] = {
     "every": (int,), "prequential": (bool,), "window": (int,), "matrix": (bool,),
+    "baselines": (dict,),
 }
 CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
     "every": (int,), "every_seconds": (float, int), "dir": (str,),
@@ -55,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"every": 0, "prequential": True, "window": 100, "matrix": True},
     "checkpoint": {},
 }
-INJECTED = {"input_shape", "num_classes"}  # filled by the run, not by the user
+INJECTED = {"input_shape", "num_classes", "tasks"}  # filled by the run, not by the user
 
 
 class _SafeLoader(yaml.SafeLoader):

@@ -246,7 +246,9 @@ def loss_terms(learner: Learner, step: Step) -> dict[str, Tensor] | None:
 
     Called after the forward pass; ``step.logits`` holds the logits of the
     stream batch followed by every replay batch, ``step.losses`` already has
-    ``"ce"`` (cross-entropy of the stream batch). Names must be unique across
+    ``"ce"`` (cross-entropy of the stream batch; on a multi-target stream one
+    loss per task instead, ``ce/<task>`` / ``mse/<task>``, with the outputs in
+    ``step.outputs``). Names must be unique across
     plugins. Collected, then merged into ``step.losses``.
 
     :param learner: the learner.
@@ -265,7 +267,10 @@ def combine_losses(learner: Learner, step: Step, losses: dict[str, Tensor]) -> T
     """Combine the named loss terms into the scalar to back-propagate.
 
     Default (no plugin): the plain sum. Multi-task balancers (uncertainty
-    weighting, GradNorm) implement it. Decider: at most one plugin.
+    weighting, GradNorm, DWA) implement it. On a multi-target stream
+    ``losses`` holds one loss per task, ``ce/<task>`` or ``mse/<task>``
+    (``learner.tasks`` lists them), instead of ``"ce"``. Decider: at most one
+    plugin.
 
     :param learner: the learner.
     :param step: the step.
@@ -284,8 +289,11 @@ def before_update(learner: Learner, step: Step) -> None:
     """The gradient stage: after ``backward()``, before ``optimizer.step()``.
 
     Gradients are in ``p.grad`` for ``learner.model``'s parameters. A plugin
-    that rewrites them (GEM, A-GEM, MGDA) declares ``owns = ("gradient",)``;
-    at most one such plugin per run. Others may read them (SI). Observer.
+    that rewrites them (GEM, A-GEM, MGDA-UB, PCGrad) declares ``owns =
+    ("gradient",)``; at most one such plugin per run. Others may read them
+    (SI). A plugin whose ``requires`` lists ``"task_gradients"`` finds the
+    step's graph kept, so per-task gradients can still be taken
+    (:mod:`lifelong.plugins.multitask._gradients`). Observer.
 
     :param learner: the learner.
     :param step: the step, after backward.

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from lifelong import hookspecs
 from lifelong.errors import CompositionError, ConfigError, DataError, NonFiniteLossError
 from lifelong.features import FeatureCapture
-from lifelong.stream.base import Batch, EvalSet, Experience, Stream
+from lifelong.stream.base import Batch, EvalSet, Experience, Stream, TaskSpec
 from lifelong.stream.target import TargetSampler
 
 __all__ = ["Learner", "Step", "EvalReport", "resolve_device", "HookFacade"]
@@ -64,10 +64,17 @@ class Step:
     holds the logits of ``batch.predict`` (samples that arrived at this step
     and whose labels come later; see :class:`~lifelong.stream.base.Batch`),
     computed in eval mode before the update; ``None`` when there are none.
+
+    Multi-target streams (``Stream.tasks``): ``outputs`` maps each task name
+    to the model's output for it (all rows, like ``logits``), ``losses`` holds
+    one loss per task (``ce/<task>``, ``mse/<task>``; no ``"ce"``) and
+    ``logits`` is the output of the stream's first classification task
+    (``None`` if every task is a regression). ``outputs`` is ``None`` otherwise.
     """
 
     __slots__ = ("index", "batch", "experience", "n_stream", "logits", "losses", "loss",
-                 "replays", "_owners", "scratch", "predict_logits", "target", "target_rows")
+                 "replays", "_owners", "scratch", "predict_logits", "target", "target_rows",
+                 "outputs")
 
     def __init__(self, index: int, batch: Batch, experience: Experience | None) -> None:
         self.index = index
@@ -83,6 +90,7 @@ class Step:
         self.predict_logits: Tensor | None = None
         self.target: Tensor | None = None
         self.target_rows: slice | None = None
+        self.outputs: dict[str, Tensor] | None = None
 
     @property
     def stream_logits(self) -> Tensor:
@@ -124,7 +132,10 @@ class EvalReport:
     ``"initial"`` (before training), ``"experience_end"`` (after the stream's
     experience ``experience_index``) or ``"anytime"``. ``target[j]``: accuracy
     on the target stream's evaluation set j (domain adaptation; empty without
-    a target stream).
+    a target stream). Multi-target streams: ``tasks[name][j]`` is that task's
+    metric on evaluation set j (accuracy for a classification, mean squared
+    error for a regression), and ``class_il`` / ``task_il`` are those of the
+    first classification task.
     """
 
     kind: str
@@ -135,6 +146,7 @@ class EvalReport:
     experience_index: int | None = None
     eval_sets: Sequence[EvalSet] = field(default_factory=list, repr=False)
     target: list[float] = field(default_factory=list)
+    tasks: dict[str, list[float]] = field(default_factory=dict)
 
 
 class HookFacade:
@@ -289,6 +301,15 @@ class Learner:
         self.target = target
         self._target: TargetSampler | None = None
         self._needs_target = any("target" in getattr(p, "requires", ()) for p in self.plugins)
+        self._tasks: tuple[TaskSpec, ...] = ()  # the stream's tasks (multi-target streams)
+        # per-task gradient methods read the graph after backward (lifelong.plugins.multitask)
+        self._retain_graph = any("task_gradients" in getattr(p, "requires", ())
+                                 for p in self.plugins)
+
+    @property
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks of the stream being trained on (empty for single-target streams)."""
+        return self._tasks
 
     @property
     def features(self) -> FeatureCapture:
@@ -403,9 +424,24 @@ class Learner:
                     "task-free and no boundary detector is configured: add one (e.g. plugin "
                     "'every_n' or a drift detector) or use a method that needs none"
                     + (f" ({p.requires_hint})" if getattr(p, "requires_hint", None) else ""))
+            if stream.tasks and getattr(p, "single_target", False):
+                raise CompositionError(f"plugin {name!r} works on one output and one target per "
+                                       f"sample, but stream {stream.name!r} has tasks "
+                                       f"{', '.join(t.name for t in stream.tasks)}: use it on a "
+                                       "single-target stream")
+            if "multitask" in needs and not stream.tasks:
+                raise CompositionError(f"plugin {name!r} balances several tasks, but stream "
+                                       f"{stream.name!r} has one target per sample; use a "
+                                       "multi-target stream (e.g. multi_mnist)")
             if "task_labels" in needs and not stream.task_labels:
                 raise CompositionError(f"plugin {name!r} needs task labels, but stream "
                                        f"{stream.name!r} gives none (set task_labels: true)")
+        if stream.tasks and self.hooks.has["sample_weights"]:
+            impl = self.pm.hook.sample_weights.get_hookimpls()[0]
+            raise CompositionError(f"plugin {plugin_name(impl.plugin)!r} weighs the samples of one "
+                                   f"loss, but stream {stream.name!r} has one loss per task "
+                                   f"({', '.join(t.name for t in stream.tasks)}); use it on a "
+                                   "single-target stream")
         self._check_target(stream)
         # one dry forward: input shape and head size are checked before the first batch
         for exp in stream.test[:1]:
@@ -419,10 +455,41 @@ class Learner:
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} from "
                                 f"stream {stream.name!r}: {str(exc).splitlines()[0]}") from exc
+            if stream.tasks or isinstance(out, dict):
+                self._check_task_outputs(out, stream)
+                continue
             if out.dim() != 2 or out.shape[1] < stream.num_classes:
                 raise DataError(f"the model outputs shape {tuple(out.shape)} but stream "
                                 f"{stream.name!r} has {stream.num_classes} classes; size the head "
                                 f"to num_classes={stream.num_classes}")
+
+        self._tasks = tuple(stream.tasks)
+
+    def _check_task_outputs(self, out: Any, stream: Stream) -> None:
+        """A multi-output model has exactly one output of the right size per task."""
+        names = [t.name for t in stream.tasks]
+        if not stream.tasks:
+            raise DataError(f"the model returns one output per task ({', '.join(map(str, out))}) "
+                            f"but stream {stream.name!r} has one target per sample; use a "
+                            "single-output backbone or a multi-target stream")
+        if not isinstance(out, dict):
+            raise DataError(f"stream {stream.name!r} has tasks {', '.join(names)}, but the model "
+                            "returns a single output; use a multi-task backbone "
+                            "(shared_bottom or cross_stitch) that returns one output per task")
+        for t in stream.tasks:
+            if t.name not in out:
+                raise DataError(f"the model has no output (head) for task {t.name!r} of stream "
+                                f"{stream.name!r}; it has heads for {', '.join(map(str, out))}")
+            o = out[t.name]
+            if o.dim() != 2 or o.shape[1] != t.size:
+                raise DataError(f"the model's head for task {t.name!r} outputs shape "
+                                f"{tuple(o.shape)}; the task is a {t.kind} of size {t.size}: "
+                                f"size the head to {t.size}")
+        extra = [k for k in out if k not in names]
+        if extra:
+            raise DataError(f"the model has a head for task {extra[0]!r}, which stream "
+                            f"{stream.name!r} does not have (tasks: {', '.join(names)}); "
+                            f"build the model for the stream's tasks")
 
     def _check_target(self, stream: Stream) -> None:
         need = [plugin_name(p) for p in self.plugins if "target" in getattr(p, "requires", ())]
@@ -600,18 +667,21 @@ class Learner:
             x, task = self._concat_target(step, x, task)
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.forward(x, task)
-        step.logits = logits
-        own = logits[: step.n_stream] if len(logits) != step.n_stream else logits
-        weights = hooks.sample_weights(self, step) if hooks.has["sample_weights"] else None
-        if weights is None:
-            ce = F.cross_entropy(own, y)
-        else:
-            if weights.shape != (step.n_stream,):
-                raise DataError(f"sample_weights returned shape {tuple(weights.shape)}; expected "
-                                f"one weight per stream sample, ({step.n_stream},)")
-            ce = (F.cross_entropy(own, y, reduction="none") * weights).mean()
         losses = step.losses
-        losses["ce"] = ce
+        if batch.targets is None:
+            step.logits = logits
+            own = logits[: step.n_stream] if len(logits) != step.n_stream else logits
+            weights = hooks.sample_weights(self, step) if hooks.has["sample_weights"] else None
+            if weights is None:
+                ce = F.cross_entropy(own, y)
+            else:
+                if weights.shape != (step.n_stream,):
+                    raise DataError(f"sample_weights returned shape {tuple(weights.shape)}; "
+                                    f"expected one weight per stream sample, ({step.n_stream},)")
+                ce = (F.cross_entropy(own, y, reduction="none") * weights).mean()
+            losses["ce"] = ce
+        else:
+            ce = self._task_losses(step, logits)
         if hooks.has["loss_terms"]:
             for terms in hooks.loss_terms(self, step):
                 for k, v in (terms or {}).items():
@@ -626,7 +696,7 @@ class Learner:
                 loss = sum(losses.values())  # type: ignore[assignment]
         step.loss = loss
         if self._loss_ok(loss):  # a non-finite loss never reaches backward or the plugins
-            loss.backward()
+            loss.backward(retain_graph=self._retain_graph)
             if hooks.has["before_update"]:
                 hooks.before_update(self, step)
             self.optimizer.step()
@@ -640,6 +710,34 @@ class Learner:
                 self.end_experience(None)
                 self.start_experience(None)
         return step
+
+    def _task_losses(self, step: Step, out: Any) -> Tensor:
+        """One named loss per task (``ce/<task>``, ``mse/<task>``) on the stream rows."""
+        if not isinstance(out, dict):
+            raise DataError("the stream has several targets per sample but the model returned "
+                            "one output; use a multi-task backbone (shared_bottom, cross_stitch)")
+        if not self._tasks:
+            raise DataError("a batch with several targets, but the learner knows no tasks: start "
+                            "the run with fit(stream) or begin(stream) on a multi-target stream")
+        step.outputs = out
+        targets = step.batch.targets
+        assert targets is not None
+        n = step.n_stream
+        first = None
+        for t in self._tasks:
+            o = out[t.name]
+            o = o[:n] if len(o) != n else o
+            if t.kind == "classification":
+                loss = F.cross_entropy(o, targets[t.name])
+                if step.logits is None:
+                    step.logits = out[t.name]
+            else:
+                target = targets[t.name]
+                loss = F.mse_loss(o.reshape(target.shape), target)
+            step.losses[t.loss_name] = loss
+            first = loss if first is None else first
+        assert first is not None
+        return first
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:
@@ -742,14 +840,21 @@ class Learner:
         self.model.eval()
         target_sets = list(self.target.test) if with_target and self.target is not None else []
         class_il, task_il = [], []
+        task_sums: dict[str, list[Tensor]] = {t.name: [] for t in self._tasks}
         for es in [*eval_sets, *target_sets]:
             correct_c = torch.zeros((), dtype=torch.long, device=self.device)
             correct_t = torch.zeros((), dtype=torch.long, device=self.device)
             mask = None
+            sums = ({t.name: torch.zeros((), device=self.device) for t in self._tasks}
+                    if es.targets is not None else None)
             for i in range(0, len(es), batch_size):
                 x = es.x[i:i + batch_size].to(self.device, non_blocking=True)
                 y = es.y[i:i + batch_size].to(self.device, non_blocking=True)
                 logits = self.forward(x, self._task_of(es, len(y)))
+                if sums is not None:  # multi-target: every task scored, then the first class. one
+                    logits = self._score_tasks(logits, es, slice(i, i + batch_size), sums)
+                    if logits is None:
+                        continue
                 correct_c += (logits.argmax(1) == y).sum()
                 if mask is None:
                     mask = torch.full((logits.shape[1],), float("-inf"), device=self.device)
@@ -757,7 +862,17 @@ class Learner:
                 correct_t += ((logits + mask).argmax(1) == y).sum()
             class_il.append(correct_c)
             task_il.append(correct_t)
+            for name, v in (sums or {}).items():
+                task_sums[name].append(v)
         k, kt = len(eval_sets), len(target_sets)
+        per_task: dict[str, list[float]] = {}
+        if any(task_sums.values()):
+            names = [n for n, v in task_sums.items() if v]
+            flat = torch.stack([v for n in names for v in task_sums[n]]).tolist()
+            with_targets = [max(len(es), 1) for es in eval_sets if es.targets is not None]
+            m = len(with_targets)
+            per_task = {n: [s / c for s, c in zip(flat[j * m:(j + 1) * m], with_targets)]
+                        for j, n in enumerate(names)}
         counts = torch.stack(class_il + task_il).tolist() if k + kt else []
         sizes = [max(len(es), 1) for es in [*eval_sets, *target_sets]]
         target = [c / n for c, n in zip(counts[k:k + kt], sizes[k:])]
@@ -771,12 +886,31 @@ class Learner:
             experience_index=self.experience_index if kind == "experience_end" else None,
             eval_sets=eval_sets,
             target=target,
+            tasks=per_task,
         )
         self.model.train(was)
         self.eval_time_s += time.perf_counter() - t0
         if self.hooks.has["after_eval"]:
             self.hooks.after_eval(self, report)
         return report
+
+    def _score_tasks(self, out: Any, es: EvalSet, rows: slice,
+                     sums: dict[str, Tensor]) -> Tensor | None:
+        """Add each task's hits (classification) or squared error (regression) to ``sums``."""
+        assert es.targets is not None
+        if not isinstance(out, dict):
+            raise DataError(f"evaluation set {es.name!r} has several targets per sample but the "
+                            "model returned one output; use a multi-task backbone")
+        first = None
+        for t in self._tasks:
+            o = out[t.name]
+            target = es.targets[t.name][rows].to(self.device, non_blocking=True)
+            if t.kind == "classification":
+                sums[t.name] += (o.argmax(1) == target).sum()
+                first = o if first is None else first
+            else:
+                sums[t.name] += (o.reshape(target.shape) - target).pow(2).sum() / t.size
+        return first
 
     # ------------------------------------------------------------------ state
     def plugin_states(self) -> dict[str, Any]:

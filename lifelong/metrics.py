@@ -96,3 +96,26 @@ def report_detections(true_change_points: Sequence[int], detected: Sequence[int]
         "delays": delays,
         "mean_delay": sum(delays) / len(delays) if delays else None,
     }
+
+
+def delta_mtl(metrics: dict[str, float], baselines: dict[str, float],
+              lower_is_better: Sequence[str] = ()) -> float:
+    """Delta_MTL in percent (Maninis, Radosavovic & Kokkinos, CVPR 2019).
+
+    ``100 / T * sum_i (-1)^{l_i} (M_i - B_i) / B_i`` over the T tasks of
+    ``baselines``, with ``M_i`` the multi-task model's metric, ``B_i`` the
+    single-task baseline's and ``l_i = 1`` for the tasks in ``lower_is_better``
+    (errors): positive means better than the single-task models on average.
+    """
+    if not baselines:
+        raise ValueError("delta_mtl needs at least one baseline")
+    total = 0.0
+    for task, b in baselines.items():
+        if task not in metrics:
+            raise ValueError(f"delta_mtl: no metric for task {task!r}")
+        if b == 0:
+            raise ValueError(f"delta_mtl: the baseline of task {task!r} is 0 (relative change "
+                             "undefined)")
+        sign = -1.0 if task in lower_is_better else 1.0
+        total += sign * (metrics[task] - b) / b
+    return 100.0 * total / len(baselines)

@@ -27,6 +27,7 @@ from lifelong.plugins.evaluation import (
     DomainAccuracy,
     Prequential,
     Resources,
+    TaskMetrics,
 )
 from lifelong.registry import Registry, get_registry
 from lifelong.stream.base import Stream
@@ -99,8 +100,11 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
 
     bparams = {k: v for k, v in cfg["backbone"].items() if k != "name"}
     torch.manual_seed(seed)
-    model = reg.get("backbone", cfg["backbone"]["name"]).factory(
-        input_shape=stream.input_shape, num_classes=stream.num_classes, **bparams)
+    bentry = reg.get("backbone", cfg["backbone"]["name"])
+    if "tasks" in bentry.parameters():  # multi-output backbones get the stream's tasks
+        bparams["tasks"] = stream.tasks
+    model = bentry.factory(input_shape=stream.input_shape, num_classes=stream.num_classes,
+                           **bparams)
 
     threads, threads_rule = choose_threads(model, tuple(stream.input_shape), train["batch_size"],
                                            setting=train.get("threads", "auto"),
@@ -122,6 +126,8 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         observers.append(AnytimeAccuracy(every=ev["every"]))
     if target is not None:
         observers.append(DomainAccuracy())
+    if stream.tasks or ev.get("baselines"):  # multi-target: each task's metric, Delta_MTL
+        observers.append(TaskMetrics(baselines=ev.get("baselines")))
     learner = Learner(
         model, plugins=plugins + observers, optimizer=train["optimizer"], lr=float(train["lr"]),
         momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),

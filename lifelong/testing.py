@@ -45,17 +45,19 @@ import torch
 from lifelong.backbones import mlp
 from lifelong.errors import CompositionError, ConfigError
 from lifelong.learner import Learner
+from lifelong.multitask import shared_bottom
 from lifelong.plugins.evaluation import AccuracyMatrix, Prequential
 from lifelong.registry import Registry, get_registry
-from lifelong.stream.base import Stream
+from lifelong.stream.base import Stream, TaskSpec
+from lifelong.stream.multitask import multi_target
 from lifelong.stream.synthetic import blobs
 from lifelong.stream.transforms import TRANSFORMS
 
 Factory = Callable[[], Any]
 
-__all__ = ["tiny_stream", "make_learner", "shifted", "check_plugin", "check_strategy",
-           "plugin_checks", "strategy_checks", "assert_same_state", "contract_factory",
-           "contract_teacher"]
+__all__ = ["tiny_stream", "tiny_multitask_stream", "multitask_view", "make_learner",
+           "shifted", "check_plugin", "check_strategy", "plugin_checks", "strategy_checks",
+           "assert_same_state", "contract_factory", "contract_teacher"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -87,6 +89,31 @@ def shifted(stream: Stream, *, shift: float = 0.5, scale: float = 1.0) -> Stream
                   seed=stream.seed)
 
 
+def tiny_multitask_stream(*, seed: int = 0, n_per_class: int = 24) -> Stream:
+    """The contract's stream with three targets per sample: tasks ``a`` (6 classes), ``b``
+    (2 classes, the parity of ``a``) and ``c`` (regression, the mean input), iid, in three
+    experiences."""
+    return multitask_view(tiny_stream(seed=seed, n_per_class=n_per_class))
+
+
+def multitask_view(base: Stream) -> Stream:
+    """A single-target tensor stream as a multi-target one: tasks ``a`` (its labels), ``b``
+    (their parity) and ``c`` (regression, the mean input); the same samples, iid, in as
+    many experiences."""
+    xs = torch.cat([e.x for e in base.experiences()])
+    ys = torch.cat([e.y for e in base.experiences()])
+    xt, yt = torch.cat([t.x for t in base.test]), torch.cat([t.y for t in base.test])
+
+    def targets(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"a": y, "b": y % 2, "c": x.flatten(1).mean(1)}
+
+    tasks = (TaskSpec("a", "classification", base.num_classes),
+             TaskSpec("b", "classification", 2), TaskSpec("c", "regression", 1))
+    n = min(base.n_experiences or 1, len(yt))
+    return multi_target(xs, targets(xs, ys), xt, targets(xt, yt), tasks=tasks, n_experiences=n,
+                        seed=base.seed, name=f"{base.name}_multitask")
+
+
 def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_size: int = 8,
                  lr: float = 0.05, **kwargs: Any) -> Learner:
     """A small MLP learner on ``stream`` with ``plugins`` and the accuracy matrix.
@@ -94,12 +121,18 @@ def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_siz
     The first plugin's ``contract_backbone`` (a backbone config), if it has one,
     replaces the MLP. A plugin that requires a target domain gets
     ``shifted(stream)`` unless ``target=`` is given.
+
+    On a multi-target stream the MLP is a shared bottom with one head per task.
     """
     if "target" not in kwargs and any("target" in getattr(p, "requires", ()) for p in plugins):
         kwargs["target"] = shifted(stream)
     torch.manual_seed(seed)
     backbone = next((getattr(p, "contract_backbone", None) for p in plugins[:1]), None)
-    model = _build(backbone, stream)
+    if stream.tasks:
+        model: Any = shared_bottom(input_shape=stream.input_shape, num_classes=stream.num_classes,
+                                   tasks=stream.tasks, hidden=[32])
+    else:
+        model = _build(backbone, stream)
     return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],
                    device="cpu", seed=seed, batch_size=batch_size, lr=lr, **kwargs)
 
@@ -170,6 +203,8 @@ def contract_factory(factory: Factory) -> Factory:
 
 def _stream_for(factory: Factory, **kw: Any) -> Stream:
     needs = _needs(factory)
+    if "multitask" in needs:
+        return tiny_multitask_stream(**kw)
     return tiny_stream(task_labels="task_labels" in needs, **kw)
 
 
@@ -298,6 +333,14 @@ def check_requirements_enforced(factory: Factory) -> None:
             assert key in str(exc) and learner.step_index == 0, str(exc)
         else:
             raise AssertionError("a plugin that requires a teacher ran without one")
+    if "multitask" in needs:
+        stream = tiny_stream()
+        try:
+            make_learner([factory()], stream).fit(stream)
+        except CompositionError as exc:
+            assert "task" in str(exc)
+        else:
+            raise AssertionError("a multi-task plugin ran on a single-target stream")
     if "boundaries" in needs:
         stream = tiny_stream(task_aware=False)
         try:

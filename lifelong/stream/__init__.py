@@ -18,8 +18,10 @@ from lifelong.stream.base import (
     Experience,
     IterableExperience,
     Stream,
+    TaskSpec,
     TensorExperience,
     batch_seed,
+    validate_targets,
     validate_tensors,
 )
 from lifelong.stream.datasets import load_digits_data, load_mnist_subset, load_river_real
@@ -42,7 +44,9 @@ __all__ = [
     "OrderedExperience",
     "EvalSet",
     "Stream",
+    "TaskSpec",
     "validate_tensors",
+    "validate_targets",
     "batch_seed",
     "class_incremental",
     "permuted",

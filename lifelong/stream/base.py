@@ -24,14 +24,49 @@ from lifelong.errors import DataError
 
 __all__ = [
     "Batch",
+    "TaskSpec",
     "Experience",
     "TensorExperience",
     "IterableExperience",
     "EvalSet",
     "Stream",
     "validate_tensors",
+    "validate_targets",
+    "primary_target",
     "batch_seed",
 ]
+
+TASK_KINDS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a multi-target stream: its name, kind and size.
+
+    ``kind`` is ``"classification"`` (``size`` classes, integer targets,
+    cross-entropy ``ce/<name>``) or ``"regression"`` (``size`` outputs, float
+    targets of shape ``(N,)`` when ``size == 1`` or ``(N, size)``, squared error
+    ``mse/<name>``).
+    """
+
+    name: str
+    kind: str
+    size: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or set("/.") & set(self.name):
+            raise DataError(f"task name {self.name!r}: a non-empty string without '/' or '.'")
+        if self.kind not in TASK_KINDS:
+            raise DataError(f"task {self.name!r}: kind must be one of {TASK_KINDS}, "
+                            f"got {self.kind!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise DataError(f"task {self.name!r}: size must be a positive integer, "
+                            f"got {self.size!r}")
+
+    @property
+    def loss_name(self) -> str:
+        """The name of this task's loss in ``step.losses``: ``ce/<name>`` or ``mse/<name>``."""
+        return ("ce/" if self.kind == "classification" else "mse/") + self.name
 
 
 @dataclass(slots=True)
@@ -47,6 +82,11 @@ class Batch:
     whose labels have just come in. The learner predicts ``predict.x``
     before it trains on ``x, y`` and never trains on ``predict``; its labels
     are there only so that the evaluation can score those predictions.
+
+    ``targets`` is set only by multi-target streams (``Stream.tasks``): one
+    tensor per task name (see :class:`TaskSpec`). ``y`` then holds the
+    targets of the stream's first classification task (zeros when every
+    task is a regression), so that code reading ``y`` keeps working.
     """
 
     x: Tensor
@@ -54,6 +94,7 @@ class Batch:
     task: Tensor | None = None
     extras: dict[str, Tensor] | None = None
     predict: Batch | None = None
+    targets: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -72,6 +113,8 @@ class Batch:
             task,
             extras,
             None if self.predict is None else self.predict.to(device, non_blocking=non_blocking),
+            None if self.targets is None
+            else {k: v.to(device, non_blocking=non_blocking) for k, v in self.targets.items()},
         )
 
 
@@ -129,12 +172,75 @@ def validate_tensors(
             raise DataError(f"{where}: task ids must be an integer vector with one id per sample")
 
 
+def primary_target(tasks: Sequence[TaskSpec], targets: dict[str, Tensor], n: int) -> Tensor:
+    """``Batch.y`` of a multi-target batch: the first classification task's targets, else zeros."""
+    for t in tasks:
+        if t.kind == "classification":
+            return targets[t.name]
+    return torch.zeros(n, dtype=torch.long)
+
+
+def validate_targets(targets: Any, tasks: Sequence[TaskSpec], n: int, *, where: str,
+                     check_finite: bool = True) -> None:
+    """Raise :class:`DataError` naming ``where`` and the task if ``targets`` do not fit ``tasks``.
+
+    Checks: a mapping with exactly one tensor per declared task (a missing or an
+    undeclared task is named); classification targets are integer vectors of
+    length ``n`` in ``[0, size)``; regression targets are floating point of shape
+    ``(n,)`` (size 1) or ``(n, size)`` and finite. Vectorized; call once per data set
+    or chunk.
+    """
+    if not isinstance(targets, dict):
+        raise DataError(f"{where}: a multi-target stream needs targets as a mapping from task "
+                        f"name to tensor, got {type(targets).__name__}")
+    names = [t.name for t in tasks]
+    for t in tasks:
+        if t.name not in targets:
+            raise DataError(f"{where}: no target for task {t.name!r}; every sample needs one "
+                            f"target per declared task ({', '.join(names)})")
+    for k in targets:
+        if k not in names:
+            raise DataError(f"{where}: target for task {k!r}, which the stream does not declare "
+                            f"(tasks: {', '.join(names)}); declare it or drop the column")
+    for t in tasks:
+        v = targets[t.name]
+        if not isinstance(v, Tensor):
+            raise DataError(f"{where}: task {t.name!r}: targets must be a torch tensor, "
+                            f"got {type(v).__name__}")
+        if v.shape[:1] != (n,):
+            raise DataError(f"{where}: task {t.name!r}: {v.shape[0] if v.dim() else 0} targets "
+                            f"for {n} samples")
+        if t.kind == "classification":
+            if v.dtype.is_floating_point or v.dtype == torch.bool or v.dim() != 1:
+                raise DataError(f"{where}: task {t.name!r} is a classification: targets must be "
+                                f"a 1-d integer vector, got dtype {v.dtype}, shape {tuple(v.shape)}")
+            if v.numel():
+                lo, hi = int(v.min()), int(v.max())
+                if lo < 0 or hi >= t.size:
+                    raise DataError(f"{where}: task {t.name!r}: label {lo if lo < 0 else hi} is "
+                                    f"outside its classes [0, {t.size - 1}]; declare size="
+                                    f"{max(hi + 1, t.size)}")
+        else:
+            shape_ok = v.shape[1:] == (t.size,) or (t.size == 1 and v.dim() == 1)
+            if not v.is_floating_point() or not shape_ok:
+                want = f"({n},) or ({n}, 1)" if t.size == 1 else f"({n}, {t.size})"
+                raise DataError(f"{where}: task {t.name!r} is a regression of size {t.size}: "
+                                f"targets must be floating point of shape {want}, got dtype "
+                                f"{v.dtype}, shape {tuple(v.shape)}")
+            if check_finite and v.numel() and not bool(torch.isfinite(v).all()):
+                bad = (~torch.isfinite(v.reshape(n, -1))).any(1).nonzero().flatten()
+                raise DataError(f"{where}: task {t.name!r}: {bad.numel()} regression target(s) "
+                                f"are NaN or inf (first at row {int(bad[0])}); clean or drop them")
+
+
 @dataclass(eq=False)
 class EvalSet:
     """Held-out data of one experience, used for the accuracy matrix.
 
     ``classes`` are the classes of that experience (Task-IL masks the logits
     to them); ``task_id`` is the task label when the stream has them.
+    ``targets`` (multi-target streams only) holds one tensor per task, as in
+    :class:`Batch`; ``y`` is then the first classification task's targets.
     """
 
     x: Tensor
@@ -142,6 +248,7 @@ class EvalSet:
     classes: tuple[int, ...]
     task_id: int | None = None
     name: str = ""
+    targets: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -182,6 +289,7 @@ class TensorExperience(Experience):
     def __init__(
         self, id: int, x: Tensor, y: Tensor, *, task_id: int | None = None,
         classes: Sequence[int] | None = None, with_task_labels: bool = False,
+        targets: dict[str, Tensor] | None = None,
     ) -> None:
         if x.shape[0] == 0:
             raise DataError(f"experience {id} is empty: it has no training samples")
@@ -194,6 +302,7 @@ class TensorExperience(Experience):
         self.n_samples = int(y.shape[0])
         self._task = (torch.full_like(y, task_id) if with_task_labels and task_id is not None
                       else None)
+        self.targets = targets
 
     def batches(
         self, batch_size: int, *, epochs: int = 1, shuffle: bool = True, seed: int = 0,
@@ -210,8 +319,16 @@ class TensorExperience(Experience):
                 perm = torch.randperm(n, generator=g)
                 x, y = self.x[perm], self.y[perm]
                 t = None if self._task is None else self._task[perm]
+                tg = None if self.targets is None else {k: v[perm] for k, v in self.targets.items()}
             else:
-                x, y, t = self.x, self.y, self._task
+                x, y, t, tg = self.x, self.y, self._task, self.targets
+            if tg is not None:
+                for i in range(start * batch_size, n, batch_size):
+                    yield Batch(x[i:i + batch_size], y[i:i + batch_size],
+                                None if t is None else t[i:i + batch_size],
+                                targets={k: v[i:i + batch_size] for k, v in tg.items()})
+                start = 0
+                continue
             for i in range(start * batch_size, n, batch_size):
                 yield Batch(x[i:i + batch_size], y[i:i + batch_size],
                             None if t is None else t[i:i + batch_size])
@@ -232,8 +349,10 @@ class IterableExperience(Experience):
         self, id: int, source: Callable[[int], Iterable[Batch]], *, num_classes: int | None,
         input_shape: Sequence[int] | None, n_samples: int | None = None,
         classes: Sequence[int] = (), task_id: int | None = None,
+        tasks: Sequence[TaskSpec] = (),
     ) -> None:
         self.id = id
+        self.tasks = tuple(tasks)
         self._source = source
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -253,6 +372,9 @@ class IterableExperience(Experience):
                                      input_shape=self.input_shape, task=b.task,
                                      where=f"experience {self.id}, batch {k}",
                                      check_finite=False)
+                    if self.tasks:  # streamed multi-target data: checked at the batch
+                        validate_targets(b.targets, self.tasks, len(b),
+                                         where=f"experience {self.id}, batch {k}")
                     yield b
                 k += 1
 
@@ -264,7 +386,9 @@ class Stream:
     ``task_aware`` streams announce their boundaries (and may carry task
     ids); task-free streams do not, and methods must detect boundaries
     themselves. ``change_points`` are the true boundaries in samples seen,
-    known to the evaluation but never shown to the methods.
+    known to the evaluation but never shown to the methods. ``tasks`` is
+    non-empty for multi-target streams: every batch and evaluation set then
+    carries ``targets``, one per :class:`TaskSpec`.
     """
 
     name: str
@@ -277,6 +401,7 @@ class Stream:
     task_labels: bool = False
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[TaskSpec, ...] = ()
 
     def experiences(self) -> Iterator[Experience]:
         """A fresh iterator over the experiences (the same ones every call)."""

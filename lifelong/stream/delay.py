@@ -122,6 +122,10 @@ def label_delay(stream: Stream, k: int) -> Stream:
         raise ConfigError(f"stream.label_delay must be a non-negative integer (batches), got {k!r}")
     if k == 0:
         return stream
+    if stream.tasks:
+        raise ConfigError(f"stream.label_delay: stream {stream.name!r} has several targets per "
+                          "sample (tasks: " + ", ".join(t.name for t in stream.tasks) + "); "
+                          "delayed labels support single-target streams only: drop label_delay")
     return dataclasses.replace(
         stream, name=f"{stream.name}+delay{k}",
         make_experiences=functools.partial(_delayed_experiences, stream, k),

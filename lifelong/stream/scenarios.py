@@ -392,7 +392,7 @@ class _WithoutTask(Experience):
             if predict is not None and predict.task is not None:
                 predict = Batch(predict.x, predict.y)
             yield b if b.task is None and predict is b.predict else Batch(b.x, b.y, None, b.extras,
-                                                                         predict)
+                                                                         predict, b.targets)
 
 
 def _strip_task(exp: Experience) -> Experience:

@@ -41,7 +41,9 @@ class Prequential:
     @hookimpl
     def after_update(self, learner: Any, step: Any) -> None:
         arrived = step.batch.predict
-        if arrived is None:  # labels come with the samples: score this step's forward pass
+        if step.logits is None:  # multi-target stream without a classification task
+            hit, n = None, 0
+        elif arrived is None:  # labels come with the samples: score this step's forward pass
             hit = (step.stream_logits.detach().argmax(1) == step.batch.y).sum()
             n = step.n_stream
         elif step.predict_logits is not None:  # delayed labels: score the arrivals' predictions

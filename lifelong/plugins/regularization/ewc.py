@@ -203,6 +203,8 @@ class EWC:
     """Elastic weight consolidation: a Fisher-weighted quadratic pull towards past solutions."""
 
     name = "ewc"
+    single_target = True  # runs the model itself and reads one output: refused on
+    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, ewc_lambda: float = 100.0, mode: str = "separate", gamma: float = 1.0,

@@ -92,6 +92,8 @@ class LwF:
     """Learning without forgetting: distill the last snapshot's outputs on the stream batch."""
 
     name = "lwf"
+    single_target = True  # runs the model itself and reads one output: refused on
+    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, lwf_lambda: float = 1.0, temperature: float = 2.0,

@@ -109,6 +109,8 @@ class MAS:
     """Memory aware synapses: output-sensitivity importance, a quadratic pull to the anchor."""
 
     name = "mas"
+    single_target = True  # runs the model itself and reads one output: refused on
+    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, mas_lambda: float = 1.0, importance_samples: int = 1024,

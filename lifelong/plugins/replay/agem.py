@@ -50,6 +50,8 @@ class AGEM:
     """A-GEM (Chaudhry et al. 2019): project the update when it conflicts with a memory gradient."""
 
     name = "agem"
+    single_target = True  # runs the model itself and reads one output: refused on
+    # multi-target streams (Learner._check_stream)
     requires = ()
     owns = ("gradient",)
 

@@ -93,6 +93,8 @@ class GEM:
     """Gradient episodic memory (Lopez-Paz & Ranzato 2017): per-task memories, QP projection."""
 
     name = "gem"
+    single_target = True  # runs the model itself and reads one output: refused on
+    # multi-target streams (Learner._check_stream)
     requires = ("boundaries",)
     owns = ("gradient",)
     requires_hint = ("GEM keeps one memory per task and needs to know where tasks end: use "
