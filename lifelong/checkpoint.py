@@ -12,6 +12,7 @@ one written for another config or format is refused, naming what differs.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -35,12 +36,18 @@ def _version() -> str:
 
 
 def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dict[str, Any],
-                    *, finished: bool = False) -> Path:
-    """Write ``directory/checkpoint.pt`` atomically (temp file, fsync, rename)."""
+                    *, finished: bool = False, schedule: dict[str, Any] | None = None) -> Path:
+    """Write ``directory/checkpoint.pt`` atomically (temp file, fsync, rename).
+
+    ``schedule`` (``{"every": N, "every_seconds": S}``) is stored so that a resumed
+    run keeps checkpointing as the original did; ``torch_threads`` records the
+    thread count, which exact (bit-identical) resume needs to be the same.
+    """
     path = Path(directory) / FILENAME
     tmp = path.with_name(f".{FILENAME}.tmp")
     payload = {"format": FORMAT, "lifelong": _version(), "config": config, "finished": finished,
-               "written_at": time.time(), "learner": learner.state_dict()}
+               "written_at": time.time(), "schedule": schedule or {"every": 0, "every_seconds": 0.0},
+               "torch_threads": torch.get_num_threads(), "learner": learner.state_dict()}
     try:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
@@ -75,11 +82,52 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
                               ) from exc
     if not isinstance(payload, dict) or "format" not in payload or "learner" not in payload:
         raise CheckpointError(f"{path} is not a lifelong checkpoint")
-    if payload["format"] != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {payload['format']} (written by "
+    if payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {payload.get('format')} (written by "
                               f"lifelong {payload.get('lifelong')}); this lifelong "
                               f"({_version()}) reads format {FORMAT}")
+    if not isinstance(payload["learner"], dict) or not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{path} is not a lifelong checkpoint (no learner state or config)")
+    if not isinstance(payload.get("finished", False), bool):
+        raise CheckpointError(f"{path}: 'finished' must be true or false, got "
+                              f"{payload.get('finished')!r}; the checkpoint is corrupted")
+    payload["schedule"] = _schedule(payload.get("schedule"), path)
+    threads = payload.get("torch_threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 1):
+        raise CheckpointError(f"{path}: torch_threads must be a positive integer, got "
+                              f"{threads!r}; the checkpoint is corrupted")
     return payload
+
+
+def _schedule(value: Any, path: Path) -> dict[str, Any]:
+    if value is None:
+        return {"every": 0, "every_seconds": 0.0}
+    every = value.get("every") if isinstance(value, dict) else None
+    secs = value.get("every_seconds") if isinstance(value, dict) else None
+    ok = (isinstance(every, int) and not isinstance(every, bool) and every >= 0
+          and isinstance(secs, int | float) and not isinstance(secs, bool)
+          and math.isfinite(secs) and secs >= 0)
+    if not ok:
+        raise CheckpointError(f"{path}: the stored checkpoint schedule {value!r} is not "
+                              "{every: N >= 0, every_seconds: S >= 0}; the checkpoint is corrupted")
+    return {"every": every, "every_seconds": float(secs)}
+
+
+def threads_warning(payload: dict[str, Any]) -> str | None:
+    """A warning when the checkpoint was written with another torch thread count, else None.
+
+    Exact resume needs the same thread count: reductions are split differently
+    across threads, so 1 and 2 threads give (slightly) different weights.
+    """
+    then = payload.get("torch_threads")
+    now = torch.get_num_threads()
+    if then is None or then == now:
+        return None
+    return (f"the checkpoint was written with {then} torch thread(s), this process uses {now}: "
+            "the run continues, but its weights will not be bit-identical to an uninterrupted "
+            f"run's; set OMP_NUM_THREADS={then} (or torch.set_num_threads({then})) to resume "
+            "exactly")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -131,8 +179,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike[str], config: dict[str, Any], *,
                  every: int = 0, every_seconds: float = 0.0) -> None:
-        if every < 0 or every_seconds < 0:
-            raise CheckpointError("checkpoint intervals must be >= 0")
+        if not (every >= 0 and math.isfinite(every_seconds) and every_seconds >= 0):
+            raise CheckpointError("checkpoint intervals must be finite numbers >= 0")
         self.directory = Path(directory)
         self.config = config
         self.every = every
@@ -148,7 +196,9 @@ class Checkpointer:
             self.save(learner)
 
     def save(self, learner: Any, *, finished: bool = False) -> Path:
-        path = save_checkpoint(self.directory, learner, self.config, finished=finished)
+        path = save_checkpoint(self.directory, learner, self.config, finished=finished,
+                               schedule={"every": self.every,
+                                         "every_seconds": float(self.every_seconds)})
         self._last = time.monotonic()
         self.saved += 1
         return path

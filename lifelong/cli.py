@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def parse_every(value: str | None) -> tuple[int, float]:
     try:
         if value.endswith("s"):
             secs = float(value[:-1])
-            if secs <= 0:
+            if not (math.isfinite(secs) and secs > 0):
                 raise ValueError
             return 0, secs
         n = int(value)
@@ -77,9 +78,35 @@ class _Interrupted(Exception):
     pass
 
 
+RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
+
+
+def check_no_other_run(out: str, *, overwrite: bool) -> None:
+    """Refuse to start a new run in a directory holding another run's checkpoint or results.
+
+    With ``overwrite`` the old run's files are removed first, so that a later
+    ``--resume`` of the directory cannot pick up the old checkpoint.
+    """
+    path = Path(out)
+    found = [f for f in RUN_FILES if (path / f).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}); resume it with "
+                          f"`lifelong run --resume {out}`, choose another --out, or pass "
+                          "--overwrite to replace it")
+    for f in found:
+        try:
+            (path / f).unlink()
+        except OSError as exc:
+            raise ConfigError(f"--overwrite: cannot remove {path / f} "
+                              f"({exc.strerror or exc})") from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import time
+    import warnings
 
     from rich.progress import (
         BarColumn,
@@ -96,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_free_space,
         estimate_bytes,
         load_checkpoint,
+        threads_warning,
     )
     from lifelong.config import apply_overrides, load_yaml
     from lifelong.errors import CheckpointError
@@ -121,17 +149,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raw = {**raw, "train": {**(raw.get("train") or {}), "threads": value}}
     ck = raw.get("checkpoint") if isinstance(raw.get("checkpoint"), dict) else {}
     every, every_s = parse_every(args.checkpoint_every)
-    if not (every or every_s):
+    if not (every or every_s) and payload is not None and args.checkpoint_every is None:
+        every, every_s = payload["schedule"]["every"], payload["schedule"]["every_seconds"]
+    elif not (every or every_s):
         every, every_s = int(ck.get("every", 0) or 0), float(ck.get("every_seconds", 0) or 0)
     out_arg = out_arg or ck.get("dir")
     if (every or every_s) and not out_arg:
         raise ConfigError("--checkpoint-every needs --out DIR to write checkpoints to")
+    if out_arg:
+        same = payload is not None and Path(out_arg).resolve() == Path(args.resume).resolve()
+        if not same:
+            check_no_other_run(out_arg, overwrite=args.overwrite)
     out = check_out_dir(out_arg) if out_arg else None
     run = build(raw)
     if payload is not None:
         check_compatible(payload, run.config, args.resume)
+        warning = threads_warning(payload)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     checkpointer = None
-    if every or every_s:
+    if every or every_s or (payload is not None and out is not None):
+        # a resumed run keeps the original schedule and marks its last checkpoint finished
         assert out is not None
         check_free_space(out, estimate_bytes(run.learner))
         checkpointer = Checkpointer(out, run.config, every=every, every_seconds=every_s)
@@ -168,8 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if stop["flag"]:
                     raise _Interrupted
 
-            learner.fit(run.stream, progress=progress,
-                        state=payload["learner"] if payload else None)
+            with warnings.catch_warnings():  # the thread-count warning was printed above
+                warnings.filterwarnings("ignore", message="the checkpoint was written with")
+                learner.fit(run.stream, progress=progress,
+                            state=payload["learner"] if payload else None)
     except _Interrupted:
         if out is None:
             console.print("interrupted; nothing saved (run with --out DIR --checkpoint-every N "
@@ -337,7 +377,11 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory for metrics.json, model.pt and checkpoints")
     r.add_argument("--checkpoint-every", metavar="N|Ns",
                    help="write a checkpoint every N batches, or every N seconds with a trailing s")
-    r.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
+    r.add_argument("--resume", metavar="DIR",
+                   help="continue the run checkpointed in DIR (keeps its checkpoint schedule "
+                        "unless --checkpoint-every is given)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace another run's checkpoint and results in --out (refused otherwise)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     r.add_argument("--threads", metavar="N|auto",
                    help="CPU threads (sets train.threads; default auto: a rule from the step's FLOPs)")

@@ -79,22 +79,91 @@ def safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few hundred bytes; 1 MiB is generous
+MAX_NODES = 100_000          # values after alias expansion (a YAML "billion laughs" has 10^9)
+MAX_DEPTH = 64
+MAX_STRING = 10_000
+MAX_ITEMS = 10_000
+
+
+def check_bounds(data: Any, where: str) -> None:
+    """Refuse configs that are too big once YAML aliases are expanded, too deep, or too long.
+
+    Aliases make a small file stand for a huge value (every alias is a shared
+    reference that JSON, deep copies and printing expand); the expanded size is
+    counted without expanding it (sizes of shared nodes are memoized).
+    """
+    sizes: dict[int, int] = {}
+
+    def size(v: Any, depth: int, path: str) -> int:
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep at {path[:60]}...")
+        if isinstance(v, str):
+            if len(v) > MAX_STRING:
+                raise ConfigError(f"{where}: the string at {path} has {len(v):,} characters; "
+                                  f"at most {MAX_STRING:,} are allowed")
+            return 1
+        if not isinstance(v, dict | list | tuple):
+            return 1
+        if id(v) in sizes:
+            return sizes[id(v)]
+        if len(v) > MAX_ITEMS:
+            raise ConfigError(f"{where}: {path} has {len(v):,} items; at most {MAX_ITEMS:,} are "
+                              "allowed")
+        items = v.items() if isinstance(v, dict) else enumerate(v)
+        n = 1
+        for k, item in items:
+            n += size(k, depth + 1, path) + size(item, depth + 1, f"{path}.{k}" if path else str(k))
+            if n > MAX_NODES:
+                raise ConfigError(f"{where}: the config expands to more than {MAX_NODES:,} values "
+                                  "(YAML aliases &/* repeated inside each other?); write the "
+                                  "values out or make the config smaller")
+        sizes[id(v)] = n
+        return n
+
+    size(data, 0, "")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML run config safely; a missing file or bad YAML is a :class:`ConfigError`."""
+    """Read a YAML run config safely; a missing file or bad YAML is a :class:`ConfigError`.
+
+    Bounds: at most 1 MiB of UTF-8 text, and at most 100,000 values once YAML
+    aliases are expanded (see :func:`check_bounds`); a binary file is refused.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = safe_load(p.read_text())
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: the config file has {size:,} bytes; a run config may have "
+                              f"at most {MAX_CONFIG_BYTES:,}")
+        data_bytes = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror or exc})") from exc
+    nul = data_bytes.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"{p}: not a YAML text file (binary content, a NUL byte at offset "
+                          f"{nul}); pass the YAML run config")
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a YAML text file (invalid UTF-8 at byte {exc.start}); "
+                          "save the config as UTF-8 text") from None
+    try:
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from exc
+    except RecursionError:
+        raise ConfigError(f"{p}: the YAML is nested too deeply to read") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    check_bounds(data, str(p))
     return data
 
 
@@ -107,8 +176,9 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, raw = item.split("=", 1)
         try:
             value = safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw[:80]!r}") from exc
+        check_bounds(value, f"--set {key}")
         parts = key.strip().split(".")
         node: Any = cfg
         for i, part in enumerate(parts[:-1]):
@@ -222,6 +292,7 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
     reg = registry or get_registry()
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping")
+    check_bounds(raw, "config")
     unknown = set(raw) - TOP_KEYS
     if unknown:
         key = sorted(unknown)[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong import hookspecs
-from lifelong.errors import CompositionError, ConfigError, DataError, NonFiniteLossError
+from lifelong import _state_check, hookspecs
+from lifelong.errors import (
+    CheckpointError,
+    CompositionError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+)
 from lifelong.features import FeatureCapture
 from lifelong.stream.base import Batch, EvalSet, Experience, Stream, TaskSpec
 from lifelong.stream.target import TargetSampler
@@ -294,6 +301,10 @@ class Learner:
         self.skipped_batches = 0
         self.boundaries_detected: list[int] = []
         self.eval_time_s = 0.0
+        # whole-run time across resumed segments (part of a checkpoint)
+        self._time_prev = (0.0, 0.0)  # wall, eval seconds of earlier segments
+        self.segments = 1
+        self._t_begin: float | None = None
         self.stream: Stream | None = None
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
@@ -444,13 +455,19 @@ class Learner:
                                    "single-target stream")
         self._check_target(stream)
         # one dry forward: input shape and head size are checked before the first batch
-        for exp in stream.test[:1]:
-            x = exp.x[:1].to(self.device)
+        # (on a held-out sample, or on zeros of the stream's input shape without a test set)
+        probes: list[tuple[Tensor, Tensor | None]] = [
+            (exp.x[:1].to(self.device), self._task_of(exp, 1)) for exp in stream.test[:1]]
+        if not probes and stream.input_shape is not None:
+            task = (torch.zeros(1, dtype=torch.long, device=self.device)
+                    if self._task_conditioned else None)
+            probes.append((torch.zeros((1, *stream.input_shape), device=self.device), task))
+        for x, task in probes:
             try:
                 with torch.no_grad():
                     was = self.model.training
                     self.model.eval()
-                    out = self.forward(x, self._task_of(exp, 1))
+                    out = self.forward(x, task)
                     self.model.train(was)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} from "
@@ -564,6 +581,7 @@ class Learner:
     def begin(self, stream: Stream, *, evaluate: bool = True) -> None:
         """Assemble the run on ``stream``: checks, ``before_training``, baseline eval."""
         self.stream = stream
+        self._t_begin = time.perf_counter()
         self._check_stream(stream)
         torch.manual_seed(self.seed)
         self.hooks.before_training(self, stream)
@@ -639,7 +657,7 @@ class Learner:
             key = next((f"{i}:{plugin_name(q)}" for i, q in enumerate(self.plugins) if q is p), None)
             if key is None or not hasattr(p, "load_state_dict") or key not in state["plugins"]:
                 continue
-            p.load_state_dict(state["plugins"][key])
+            _state_check.load_plugin(self, p, key, state["plugins"])
             done.add(key)
             grown = p.grown_model(self) if hasattr(p, "grown_model") else None
             if grown is not None:
@@ -913,6 +931,11 @@ class Learner:
         return first
 
     # ------------------------------------------------------------------ state
+    def run_time(self) -> tuple[float, float]:
+        """``(wall, eval)`` seconds of the whole run so far, earlier resumed segments included."""
+        now = time.perf_counter() - self._t_begin if self._t_begin is not None else 0.0
+        return self._time_prev[0] + now, self._time_prev[1] + self.eval_time_s
+
     def plugin_states(self) -> dict[str, Any]:
         return {f"{i}:{plugin_name(p)}": p.state_dict() for i, p in enumerate(self.plugins)
                 if hasattr(p, "state_dict")}
@@ -930,25 +953,64 @@ class Learner:
                          "batch_in_experience": self.batch_in_experience,
                          "skipped_batches": self.skipped_batches,
                          "boundaries_detected": list(self.boundaries_detected)},
+            "timing": dict(zip(("wall_time_s", "eval_time_s"), self.run_time()),
+                           segments=self.segments),
+            "env": {"torch_threads": torch.get_num_threads()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self._make_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        for i, p in enumerate(self.plugins):
-            key = f"{i}:{plugin_name(p)}"
-            if hasattr(p, "load_state_dict") and key in state["plugins"] and key not in loaded:
-                p.load_state_dict(state["plugins"][key])
-        c = state["counters"]
-        self.step_index, self.samples_seen = c["step_index"], c["samples_seen"]
-        self.experience_index, self.skipped_batches = c["experience_index"], c["skipped_batches"]
-        self.batch_in_experience = c["batch_in_experience"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.boundaries_detected = list(c["boundaries_detected"])
+        """Restore a :meth:`state_dict`, checking every part against this run first.
+
+        A part that does not fit (a tensor of another shape or dtype, a missing
+        plugin state, counters out of range, an RNG state of the wrong size) is a
+        :class:`~lifelong.errors.CheckpointError` naming it; nothing from a
+        plugin's ``load_state_dict`` escapes as another exception. While it runs,
+        :func:`lifelong.validation.loading_learner` returns this learner.
+        """
+        from lifelong import validation
+
+        with validation.loading(self):
+            _state_check.check_top(state)
+            loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
+            _state_check.check_model(self.model, state["model"])
+            try:
+                self.model.load_state_dict(state["model"])
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint: the model state does not fit the model "
+                                      f"({str(exc).splitlines()[0][:200]})") from exc
+            self.optimizer = self._make_optimizer()
+            _state_check.check_optimizer(self.optimizer, state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                raise CheckpointError(f"checkpoint: the optimizer state does not fit the "
+                                      f"optimizer ({str(exc).splitlines()[0][:200]})") from exc
+            _state_check.check_rng(state["rng"])
+            _state_check.check_counters(self, state["counters"])
+            for i, p in enumerate(self.plugins):
+                key = f"{i}:{plugin_name(p)}"
+                if hasattr(p, "load_state_dict") and key not in loaded:
+                    _state_check.load_plugin(self, p, key, state["plugins"])
+            c = state["counters"]
+            self.step_index, self.samples_seen = c["step_index"], c["samples_seen"]
+            self.experience_index, self.skipped_batches = c["experience_index"], c["skipped_batches"]
+            self.batch_in_experience = c["batch_in_experience"]
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            self.boundaries_detected = [int(b) for b in c["boundaries_detected"]]
+            timing = state.get("timing")
+            if timing is not None:
+                _state_check.check_timing(timing)
+                self._time_prev = (float(timing["wall_time_s"]), float(timing["eval_time_s"]))
+                self.segments = int(timing["segments"]) + 1
+                self._t_begin, self.eval_time_s = time.perf_counter(), 0.0
+            then = (state.get("env") or {}).get("torch_threads")
+            if then is not None and then != torch.get_num_threads():
+                warnings.warn(f"the checkpoint was written with {then} torch thread(s), this "
+                              f"process uses {torch.get_num_threads()}: the resumed run will not "
+                              "be bit-identical to an uninterrupted one", RuntimeWarning,
+                              stacklevel=2)
 
 
 class _StopRun(Exception):

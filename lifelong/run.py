@@ -168,12 +168,29 @@ def execute(run: Run, *, progress: Callable[[int], None] | None = None) -> dict[
     return collect_metrics(run)
 
 
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file renamed over ``path``; on failure remove it and raise."""
+    from lifelong.errors import CheckpointError
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; free space or "
+                              "choose another --out (the run's checkpoint, if any, is intact: "
+                              "resume it to write the results again)") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_metrics(metrics: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``metrics.json`` atomically into ``out_dir``."""
     path = Path(out_dir) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(metrics, indent=2, default=str)
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -182,19 +199,24 @@ def write_model(learner: Learner, out_dir: str | os.PathLike[str], run: Run | No
 
     With ``run``, ``model.json`` beside it describes the backbone (config, input
     shape, classes), so the model can serve as a teacher (:mod:`lifelong.teachers`).
+    A write that fails (a full disk) removes its temporary file and raises
+    :class:`~lifelong.errors.CheckpointError`.
     """
     path = Path(out_dir) / "model.pt"
-    tmp = path.with_name(".model.pt.tmp")
-    torch.save(learner.model.state_dict(), tmp)
-    os.replace(tmp, path)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(learner.model.state_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomic_write(path, save)
     if run is not None:
         from lifelong.teachers import model_description
 
-        desc = Path(out_dir) / "model.json"
-        tmp = desc.with_name(".model.json.tmp")
-        tmp.write_text(json.dumps(model_description(run.config, run.stream.input_shape,
-                                                    run.stream.num_classes), indent=2))
-        os.replace(tmp, desc)
+        desc = json.dumps(model_description(run.config, run.stream.input_shape,
+                                            run.stream.num_classes), indent=2)
+        _atomic_write(Path(out_dir) / "model.json", lambda tmp: tmp.write_text(desc))
     return path
 
 

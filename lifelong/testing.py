@@ -14,7 +14,10 @@ plugins; the same seed gives bit-identical weights; inputs are not
 mutated; a batch of one works; ``state_dict`` survives ``torch.save`` /
 ``torch.load(weights_only=True)`` and pickling; a run stopped mid-experience
 and resumed from its state ends with exactly the weights of an
-uninterrupted run; the plugin's declared needs (``requires``) are enforced.
+uninterrupted run; the plugin's declared needs (``requires``) are enforced;
+corrupted copies of its state (keys deleted, tensors resized or retyped, the
+state replaced) are refused with a ``CheckpointError`` (see
+:func:`corrupted_states`).
 
 Teacher-guided plugins (``requires`` names ``"teacher"``; their ``teacher``
 parameter, or the one their ``teacher_param`` names, e.g. ``"source"``, has no
@@ -57,7 +60,7 @@ Factory = Callable[[], Any]
 
 __all__ = ["tiny_stream", "tiny_multitask_stream", "multitask_view", "make_learner",
            "shifted", "check_plugin", "check_strategy", "plugin_checks", "strategy_checks",
-           "assert_same_state", "contract_factory", "contract_teacher"]
+           "assert_same_state", "contract_factory", "contract_teacher", "corrupted_states"]
 
 
 def tiny_stream(*, task_aware: bool = True, task_labels: bool = False, seed: int = 0,
@@ -317,6 +320,90 @@ def check_resume_exact(factory: Factory) -> None:
                           "metrics (resumed vs uninterrupted)")
 
 
+def corrupted_states(state: Any, *, max_tensors: int = 12) -> list[tuple[str, Any]]:
+    """``(label, corrupted copy)`` of a plugin state: replaced wholesale, each top-level key
+    deleted, and each tensor (up to ``max_tensors``) given an extra dimension or another dtype.
+
+    Generic on purpose: a plugin whose ``load_state_dict`` reads what it saved and
+    checks it (with :mod:`lifelong.validation` helpers, or by loading into a module)
+    rejects all of them without code for this check.
+    """
+    import copy
+
+    out: list[tuple[str, Any]] = [("state replaced by a string", "corrupted"),
+                                  ("state replaced by None", None)]
+    if isinstance(state, dict):
+        for k in state:
+            out.append((f"{k!r} deleted", {kk: v for kk, v in state.items() if kk != k}))
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(v: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(v, torch.Tensor):
+            paths.append(path)
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                walk(item, (*path, k))
+        elif isinstance(v, list | tuple):
+            for i, item in enumerate(v):
+                walk(item, (*path, i))
+
+    walk(state, ())
+    for path in paths[:max_tensors]:
+        where = "state" + "".join(f"[{p!r}]" for p in path)
+        for label, change in (("an extra dimension", _unsqueezed), ("another dtype", _retyped)):
+            bad = copy.deepcopy(state)
+            node = bad
+            for p in path[:-1]:
+                node = node[p]
+            if isinstance(node, tuple):
+                continue
+            node[path[-1]] = change(node[path[-1]])
+            out.append((f"{where} {label}", bad))
+    return out
+
+
+def _unsqueezed(t: torch.Tensor) -> torch.Tensor:
+    return t.unsqueeze(-1)
+
+
+def _retyped(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return t.to(torch.int64) if t.numel() else torch.zeros(1, dtype=torch.int64)
+    return t.to(torch.float64) + 0.5
+
+
+def check_rejects_corrupted_state(factory: Factory) -> None:
+    """Every corrupted copy of the plugin's state is refused with a CheckpointError."""
+    from lifelong.errors import CheckpointError
+
+    stream = _stream_for(factory)
+    first = make_learner([factory()], stream)
+    first.fit(stream, stop_after=20)
+    plugin = first.plugins[0]
+    if not hasattr(plugin, "state_dict"):
+        return
+    full = _roundtrip(first.state_dict())
+    key = next(k for k in full["plugins"] if k.startswith("0:"))
+    cases = corrupted_states(full["plugins"][key])
+    cases.append(("state missing", None))
+    for label, bad in cases:
+        state = dict(full)
+        state["plugins"] = dict(full["plugins"])
+        if label == "state missing":
+            del state["plugins"][key]
+        else:
+            state["plugins"][key] = bad
+        learner = make_learner([factory()], stream)
+        learner.begin(stream, evaluate=False)
+        try:
+            learner.load_state_dict(state)
+        except CheckpointError:
+            continue
+        raise AssertionError(f"{type(plugin).__name__}: a checkpoint whose plugin state has "
+                             f"{label.replace(' deleted', ' deleted,')} was loaded without a CheckpointError; check the state in "
+                             "load_state_dict (lifelong.validation helpers)")
+
+
 def check_requirements_enforced(factory: Factory) -> None:
     needs = _needs(factory)
     if "teacher" in needs:
@@ -355,7 +442,7 @@ def check_requirements_enforced(factory: Factory) -> None:
 PLUGIN_CHECKS: tuple[Callable[[Factory], None], ...] = (
     check_hooks_match_specs, check_params_stored, check_runs_and_composes, check_deterministic,
     check_inputs_not_mutated, check_batch_of_one, check_state_roundtrip, check_resume_exact,
-    check_requirements_enforced,
+    check_requirements_enforced, check_rejects_corrupted_state,
 )
 
 

@@ -65,7 +65,109 @@ def load_buffer_state(plugin: str, buffer: Buffer | None, state: dict[str, Any] 
         raise CheckpointError(f"plugin {plugin!r}: a saved replay buffer was loaded before the "
                               "run was assembled; load the state after before_training "
                               "(Learner.fit(stream, state=...) does)")
-    buffer.load_state_dict(state)
+    buffer.load_state_dict(state, owner=plugin)
+
+
+def _check_buffer_state(buffer: Buffer, state: dict[str, Any], owner: str) -> None:
+    """Everything :meth:`Buffer.load_state_dict` reads, checked before anything is changed."""
+    import copy
+
+    from lifelong.validation import (
+        check_tensor,
+        loading_learner,
+        model_output_width,
+        state_get,
+        state_rng,
+    )
+
+    who = owner if " " in owner else f"plugin {owner!r}"
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint state of {who}: the replay buffer's {what}; the "
+                               "checkpoint is corrupted")
+
+    selection = copy.deepcopy(buffer.selection)
+    sel_state = state_get(state, "selection", owner=owner)
+    try:
+        _check_selection_state(sel_state, buffer.capacity)
+        selection.load_state_dict(sel_state)
+        probe = Buffer.__new__(Buffer)
+        probe.capacity, probe.device, probe.selection = buffer.capacity, buffer.device, selection
+        want = selection.slot_of_rank(probe, torch.arange(selection.filled(probe),
+                                                          device=buffer.device))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise bad(f"selection state is not valid ({exc})") from None
+    slots = check_tensor(state_get(state, "slots", owner=owner), "slots", owner=owner,
+                         shape=(None,), dtype=torch.int64)
+    if slots.shape != want.shape or not torch.equal(slots.to(want.device), want):
+        raise bad(f"slots ({len(slots)}) do not match its selection state ({len(want)} filled "
+                  f"slots within 0..{buffer.capacity - 1})")
+    columns = state_get(state, "columns", owner=owner)
+    if not isinstance(columns, dict):
+        raise bad(f"columns are a {type(columns).__name__}, not a mapping")
+    n = len(want)
+    if n and not {"x", "y"} <= set(columns):
+        raise bad(f"columns {sorted(columns)} lack x or y")
+    learner = loading_learner()
+    stream = getattr(learner, "stream", None) if learner is not None else None
+    for name, col in columns.items():
+        check_tensor(col, f"column {name!r}", owner=owner)
+        if col.dim() < 1 or col.shape[0] != n:
+            raise bad(f"column {name!r} has {tuple(col.shape)[:1]} rows for {n} stored samples")
+        if col.is_floating_point() and not bool(torch.isfinite(col).all()):
+            raise bad(f"column {name!r} holds NaN or infinite values")
+    if "x" in columns:
+        x = columns["x"]
+        if not x.is_floating_point():
+            raise bad(f"inputs have dtype {x.dtype}, not floating point")
+        if stream is not None and stream.input_shape is not None and                 tuple(x.shape[1:]) != tuple(stream.input_shape):
+            raise bad(f"inputs have shape {tuple(x.shape[1:])}, the stream's are "
+                      f"{tuple(stream.input_shape)}")
+    if "y" in columns:
+        y = columns["y"]
+        if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
+            raise bad(f"labels are {tuple(y.shape)} {y.dtype}, not a vector of class indices")
+        top = stream.num_classes if stream is not None else None
+        if len(y) and (int(y.min()) < 0 or (top is not None and int(y.max()) >= top)):
+            raise bad(f"labels span {int(y.min())}..{int(y.max())}, outside the stream's "
+                      f"classes 0..{(top or 0) - 1}")
+    if "task" in columns:
+        t = columns["task"]
+        if t.dim() != 1 or t.is_floating_point() or (len(t) and int(t.min()) < 0):
+            raise bad("task ids are not a vector of integers >= 0")
+    if "logits" in columns and learner is not None:
+        width = model_output_width(learner)
+        lg = columns["logits"]
+        if width is not None and (lg.dim() != 2 or lg.shape[1] != width
+                                  or not lg.is_floating_point()):
+            raise bad(f"stored logits are {tuple(lg.shape[1:])} {lg.dtype}, the model outputs "
+                      f"{width} floating logits")
+    state_rng(state, "generator", owner=owner, generator=buffer.generator)
+
+
+def _check_selection_state(state: Any, capacity: int) -> None:
+    """A selection's counters: integers >= 0, per-key lists of equal length."""
+    def nonneg(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"a buffer selection state must be a mapping, got "
+                              f"{type(state).__name__}")
+    if "seen" in state and not isinstance(state["seen"], list):
+        if not nonneg(state["seen"]):
+            raise CheckpointError(f"the buffer's seen counter is {state['seen']!r}")
+        return
+    keys, seen = state.get("keys"), state.get("seen")
+    if not (isinstance(keys, list) and isinstance(seen, list) and len(keys) == len(seen)
+            and all(nonneg(k) for k in keys) and all(nonneg(s) for s in seen)
+            and len(set(keys)) == len(keys)):
+        raise CheckpointError("the buffer's per-key counters are not lists of integers >= 0 of "
+                              "equal length, with distinct keys")
+    n_parts = state.get("n_parts")
+    if n_parts is not None and not (nonneg(n_parts) and n_parts >= 1):
+        raise CheckpointError(f"the buffer's n_parts is {n_parts!r}")
 
 
 def last_writer_wins(slots: Tensor, trash: int) -> Tensor:
@@ -182,10 +284,16 @@ class Buffer:
                 "selection": self.selection.state_dict(),
                 "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["capacity"] != self.capacity:
-            raise CheckpointError(f"the checkpoint's buffer holds {state['capacity']} samples, "
+    def load_state_dict(self, state: dict[str, Any], owner: str = "replay buffer") -> None:
+        """Restore a :meth:`state_dict`, checked against this buffer and (during a learner's
+        load) the stream: slots, row counts, input shape, dtypes, labels in range."""
+        from lifelong.validation import state_get
+
+        capacity = state_get(state, "capacity", owner=owner)
+        if capacity != self.capacity:
+            raise CheckpointError(f"the checkpoint's buffer holds {capacity!r} samples, "
                                   f"this one {self.capacity}: use the same mem_size to resume")
+        _check_buffer_state(self, state, owner)
         self.selection.load_state_dict(state["selection"])
         slots = state["slots"].to(self.device)
         self.columns = {}

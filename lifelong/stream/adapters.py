@@ -107,6 +107,11 @@ def from_tensors(
     the largest label + 1. With ``keep_order`` batches follow the data order.
     """
     where = f"from_tensors({name!r})"
+    for what, t in (("x", x), ("y", y), ("x_test", x_test), ("y_test", y_test)):
+        if t is not None and (not isinstance(t, Tensor) or t.dim() == 0):
+            got = f"a 0-dim tensor ({t.item()!r})" if isinstance(t, Tensor) else type(t).__name__
+            raise DataError(f"{where}: {what} must be a tensor with one row per sample "
+                            f"(shape (N, ...)), got {got}")
     if (x_test is None) != (y_test is None):
         raise ConfigError(f"{where}: pass both x_test and y_test, or neither")
     if x_test is None or y_test is None:
@@ -306,11 +311,21 @@ def _river_labels(labels: list[Any], index: dict[Hashable, int] | None, where: s
         raise DataError(f"{where}: a label is not hashable ({exc})") from exc
 
 
+def _check_rows(rows: list[Any], where: str, offset: int) -> None:
+    """Each row must be an ``(x: dict, y)`` pair (river's ``iter_*`` convention)."""
+    for i, r in enumerate(rows):
+        if not (isinstance(r, tuple | list) and len(r) == 2 and isinstance(r[0], dict)):
+            raise DataError(f"{where}: row {offset + i} is {type(r).__name__} "
+                            f"{str(r)[:60]}, expected an (x, y) pair with x a dict of features; "
+                            "a river dataset yields such pairs (for x, y in dataset)")
+
+
 def _river_source(factory: Any, features: Sequence[Any], index: dict[Hashable, int] | None,
                   chunk: int, where: str, batch_size: int) -> Iterator[Batch]:
     def converted() -> Iterator[tuple[Tensor, Tensor]]:
         offset = 0
         for rows in _chunks(_open(factory, where), chunk):
+            _check_rows(rows, where, offset)
             x = rows_to_array([r[0] for r in rows], features, where, offset)
             yield torch.from_numpy(x), _river_labels([r[1] for r in rows], index, where)
             offset += len(rows)
@@ -340,6 +355,7 @@ def from_river(
         first = next(_open(iterable_factory, where), None)
         if first is None:
             raise DataError(f"{where}: the stream is empty")
+        _check_rows([first], where, 0)
         feature_names = sorted(first[0], key=str)
     features = list(feature_names)
     if n_features is not None and n_features != len(features):

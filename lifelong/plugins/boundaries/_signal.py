@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 
 __all__ = ["SignalBuffer", "batch_signal", "check_signal", "resolve_sync", "SIGNALS"]
@@ -96,9 +96,36 @@ class SignalBuffer:
                 else torch.zeros(0, dtype=torch.float32))
         return {"values": vals, "at": list(self.at)}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.values = [v.to(device) for v in state["values"]]
-        self.at = [int(a) for a in state["at"]]
+    def load_state_dict(self, state: dict[str, Any], device: torch.device,
+                        owner: str = "detector", most: int | None = None) -> None:
+        """Restore; ``most`` bounds how many signals may be pending (the sync interval)."""
+        from lifelong.validation import state_get, state_tensor
+
+        values = state_tensor(state, "values", owner=owner, shape=(None,), dtype="float",
+                              finite=True)
+        at = state_get(state, "at", owner=owner)
+        if not isinstance(at, list) or len(at) != len(values) or not all(
+                isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in at):
+            raise CheckpointError(f"checkpoint state of plugin {owner!r}: the pending signals' "
+                                  f"positions {str(at)[:60]} do not match its {len(values)} "
+                                  "values; the checkpoint is corrupted")
+        if most is not None and len(values) >= most:
+            raise CheckpointError(f"checkpoint state of plugin {owner!r}: {len(values)} pending "
+                                  f"signals, at most {most - 1} can be pending between reads; "
+                                  "the checkpoint is corrupted")
+        self.values = [v.to(device) for v in values]
+        self.at = list(at)
+
+
+def _positions(value: Any, owner: str) -> list[int]:
+    """Sample counts at which something fired: a non-decreasing list of integers >= 0."""
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok or any(a > b for a, b in zip(value, value[1:])):
+        raise CheckpointError(f"checkpoint state of plugin {owner!r}: detections "
+                              f"{str(value)[:60]} are not a sorted list of sample counts; the "
+                              "checkpoint is corrupted")
+    return list(value)
 
 
 def check_signal(owner: str, signal: str, sync_every: int | None) -> None:
@@ -169,9 +196,26 @@ class _RiverDetector:
                 "detections": list(self.detections_), "pending": self._buffer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.detector_ = self._make()
-        if state["detector"] is not None:
-            self._restore(state["detector"])
-        self.detections_ = [int(d) for d in state["detections"]]
-        self._buffer = SignalBuffer()
-        self._buffer.load_state_dict(state["pending"], self._device)
+        from lifelong.validation import state_get
+
+        detector = state_get(state, "detector", owner=self.name)
+        detections = _positions(state_get(state, "detections", owner=self.name), self.name)
+        pending = SignalBuffer()
+        pending.load_state_dict(state_get(state, "pending", owner=self.name), self._device,
+                                owner=self.name,
+                                most=self._sync if self.sync_every is not None else 10)
+        new = self._make()
+        if detector is not None:
+            if not isinstance(detector, dict):
+                raise CheckpointError(f"checkpoint state of plugin {self.name!r}: the detector "
+                                      f"state is a {type(detector).__name__}; the checkpoint is "
+                                      "corrupted")
+            old, self.detector_ = self.detector_, new
+            try:
+                self._restore(detector)
+            except CheckpointError:
+                self.detector_ = old
+                raise
+        self.detector_ = new
+        self.detections_ = detections
+        self._buffer = pending

@@ -8,8 +8,10 @@ river 0.26's default (``delta=0.002``, ``clock=32``, ``max_buckets=5``,
 whose only serialization is its own binary encoding (``__getstate__``
 bytes, decoded by serde into a typed struct — no pickle, no code run on
 load); those bytes are kept as a ``uint8`` tensor together with the river
-version that wrote them, and loading them into another river version raises
-:class:`~lifelong.errors.CheckpointError` if they do not decode.
+version that wrote them and their SHA-256, and loading bytes that do not
+decode, do not match the checksum, or decode into a window that makes river
+panic when updated (checked on a throwaway copy) raises
+:class:`~lifelong.errors.CheckpointError`.
 
 Examples
 --------
@@ -22,6 +24,12 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import math
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -65,21 +73,66 @@ class ADWIN(_RiverDetector):
 
         blob = self.detector_._helper.__getstate__()
         return {"river": river.__version__, "drift_detected": bool(self.detector_._drift_detected),
-                "window": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()}
+                "window": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone(),
+                "sha256": hashlib.sha256(blob).hexdigest()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         import river
 
+        from lifelong.validation import state_get, state_tensor
+
+        who = "checkpoint state of plugin 'adwin'"
+        written_by = state_get(state, "river", owner=self.name)
+        blob_t = state_tensor(state, "window", owner=self.name, shape=(None,), dtype=torch.uint8)
+        blob = blob_t.numpy().tobytes()
+        digest = state.get("sha256")
+        if digest is not None and digest != hashlib.sha256(blob).hexdigest():
+            raise CheckpointError(f"{who}: the ADWIN window does not match its checksum; the "
+                                  "checkpoint is corrupted")
+        if not isinstance(state_get(state, "drift_detected", owner=self.name), bool):
+            raise CheckpointError(f"{who}: drift_detected must be true or false; the checkpoint "
+                                  "is corrupted")
+        # river decodes the bytes into a typed Rust struct; a blob that decodes but is
+        # inconsistent panics later, inside update(). Decode and exercise a throwaway copy
+        # first (with Rust's panic report kept off the terminal), so it fails here, cleanly.
         try:
-            self.detector_._helper.__setstate__(state["window"].numpy().tobytes())
+            with _quiet_stderr():
+                probe = self._make()
+                probe._helper.__setstate__(blob)
+                for v in (0.0, 1.0) * min(2 * self.clock + 2, 256):
+                    probe.update(v)
+                width, est, var = float(probe.width), float(probe.estimation), float(probe.variance)
+            if not (math.isfinite(est) and math.isfinite(var) and width >= 0 and var >= 0):
+                raise ValueError(f"width {width}, estimation {est}, variance {var}")
+            self.detector_._helper.__setstate__(blob)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # the Rust decoder panics (pyo3's PanicException)
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            hint = (f"resume with river {written_by}" if written_by != river.__version__
+                    else "the checkpoint is corrupted")
             raise CheckpointError(
-                f"plugin 'adwin': the checkpoint's ADWIN state was written by river "
-                f"{state['river']} and cannot be read by river {river.__version__} ({exc}); "
-                f"resume with river {state['river']}") from exc
+                f"{who}: the ADWIN state written by river {written_by} cannot be used by river "
+                f"{river.__version__} ({msg}); {hint}") from None
         self.detector_._drift_detected = bool(state["drift_detected"])
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (Rust panics print there)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @hookimpl

@@ -19,10 +19,11 @@ True
 from __future__ import annotations
 
 import collections
+import math
 import random
 from typing import Any
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
 
@@ -62,6 +63,27 @@ class KSWIN(_RiverDetector):
                 "rng": {"version": version, "state": list(internal), "gauss_next": gauss}}
 
     def _restore(self, state: dict[str, Any]) -> None:
+        from lifelong.validation import state_get, state_number
+
+        who = "checkpoint state of plugin 'kswin'"
+        if not isinstance(state_get(state, "drift_detected", owner=self.name), bool):
+            raise CheckpointError(f"{who}: drift_detected must be true or false; the "
+                                  "checkpoint is corrupted")
+        state_number(state, "p_value", owner=self.name, min=0.0, max=1.0)
+        state_number(state, "n", owner=self.name, min=0, integer=True)
+        window = state_get(state, "window", owner=self.name)
+        if not isinstance(window, list) or len(window) > self.window_size or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in window):
+            raise CheckpointError(f"{who}: window must be a list of at most "
+                                  f"window_size={self.window_size} finite numbers; the "
+                                  "checkpoint is corrupted")
+        rng = state_get(state, "rng", owner=self.name)
+        try:
+            random.Random().setstate((rng["version"], tuple(rng["state"]), rng["gauss_next"]))
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise CheckpointError(f"{who}: the random generator state is not valid ({exc}); "
+                                  "the checkpoint is corrupted") from None
         d = self.detector_
         d._drift_detected = bool(state["drift_detected"])
         d.p_value, d.n = state["p_value"], state["n"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
 
@@ -62,6 +62,14 @@ class PageHinkley(_RiverDetector):
                 "max_decrease": float(d._max_decrease)}
 
     def _restore(self, state: dict[str, Any]) -> None:
+        from lifelong.validation import state_get, state_number
+
+        if not isinstance(state_get(state, "drift_detected", owner=self.name), bool):
+            raise CheckpointError("checkpoint state of plugin 'page_hinkley': drift_detected "
+                                  "must be true or false; the checkpoint is corrupted")
+        state_number(state, "n", owner=self.name, min=0.0)
+        for key in ("mean", "sum_increase", "sum_decrease", "min_increase", "max_decrease"):
+            state_number(state, key, owner=self.name, finite=False)
         d = self.detector_
         d._drift_detected = bool(state["drift_detected"])
         d._x_mean.n, d._x_mean._mean = state["n"], state["mean"]

@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,9 +87,25 @@ class PlateauRule:
                 "last_var": self.last_var}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = [float(v) for v in state["losses"]]
-        self.peak = bool(state["peak"])
-        self.last_mean, self.last_var = state["last_mean"], state["last_var"]
+        from lifelong.errors import CheckpointError
+        from lifelong.validation import state_get, state_number
+
+        losses = state_get(state, "losses", owner="plateau")
+        if not isinstance(losses, list) or len(losses) > self.window or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in losses):
+            raise CheckpointError(f"checkpoint state of plugin 'plateau': losses must be a list "
+                                  f"of at most window={self.window} finite numbers, got "
+                                  f"{str(losses)[:60]}; the checkpoint is corrupted")
+        peak = state_get(state, "peak", owner="plateau")
+        if not isinstance(peak, bool):
+            raise CheckpointError(f"checkpoint state of plugin 'plateau': peak must be true or "
+                                  f"false, got {peak!r}; the checkpoint is corrupted")
+        mean = state_number(state, "last_mean", owner="plateau", allow_none=True)
+        var = state_number(state, "last_var", owner="plateau", min=0.0, allow_none=True)
+        self.losses = [float(v) for v in losses]
+        self.peak = peak
+        self.last_mean, self.last_var = mean, var
 
 
 def plateau_boundaries(losses: Sequence[float], *, window: int = 5, mean_threshold: float = 0.2,
@@ -152,10 +169,17 @@ class Plateau:
                 "pending": self._buffer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rule_.load_state_dict(state["rule"])
-        self.detections_ = [int(d) for d in state["detections"]]
-        self._buffer = SignalBuffer()
-        self._buffer.load_state_dict(state["pending"], self._device)
+        from lifelong.plugins.boundaries._signal import _positions
+        from lifelong.validation import state_get
+
+        detections = _positions(state_get(state, "detections", owner=self.name), self.name)
+        pending = SignalBuffer()
+        pending.load_state_dict(state_get(state, "pending", owner=self.name), self._device,
+                                owner=self.name,
+                                most=self._sync if self.sync_every is not None else 10)
+        self.rule_.load_state_dict(state_get(state, "rule", owner=self.name))
+        self.detections_ = detections
+        self._buffer = pending
 
 
 @hookimpl

@@ -1,11 +1,12 @@
-"""Wall time, throughput (samples/s of training, eval
-  excluded), peak resident memory and peak CUDA memory, and the model's
-  parameter count after each experience (``params_per_experience``: it
-  grows under expansion methods).
+"""Wall time, throughput (samples/s of training, eval excluded), peak resident
+memory and peak CUDA memory, and the model's parameter count after each
+experience (``params_per_experience``: it grows under expansion methods).
 
-Every plugin here has ``summary() -> dict`` that goes into ``metrics.json``.
-
-Its ``summary() -> dict`` goes into ``metrics.json``.
+Its ``summary() -> dict`` goes into ``metrics.json``. Wall time and throughput
+cover the whole run: a run resumed from a checkpoint adds the time of its earlier
+segments up to the checkpoint it resumed from (time spent after the last
+checkpoint of a killed segment was lost work and is not counted); ``segments``
+says how many there were.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ class Resources:
         if learner.device.type == "cuda":
             torch.cuda.synchronize(learner.device)
         if self._t0 is not None:
-            self.wall_time_s_ += time.perf_counter() - self._t0
             self._t0 = None
+        self.wall_time_s_, self._eval_s = learner.run_time()
+        self._segments = getattr(learner, "segments", 1)
         self.samples_ = learner.samples_seen
-        self._eval_s = learner.eval_time_s
         self._cuda = (torch.cuda.max_memory_allocated(learner.device) / 2**20
                       if learner.device.type == "cuda" else None)
 
@@ -63,6 +64,7 @@ class Resources:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_cuda_mb": getattr(self, "_cuda", None),
             "params_per_experience": list(self.params_per_experience_),
+            "segments": getattr(self, "_segments", 1),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -70,8 +72,17 @@ class Resources:
                 "params_per_experience": list(self.params_per_experience_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.wall_time_s_ = state["wall_time_s"]
-        self.params_per_experience_ = [int(n) for n in state.get("params_per_experience", [])]
+        from lifelong.errors import CheckpointError
+        from lifelong.validation import state_number
+
+        wall = state_number(state, "wall_time_s", owner=self.name, min=0.0)
+        params = state.get("params_per_experience", [])
+        if not isinstance(params, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in params):
+            raise CheckpointError("checkpoint state of plugin 'resources': params_per_experience "
+                                  "must be a list of parameter counts; the checkpoint is corrupted")
+        self.wall_time_s_ = wall
+        self.params_per_experience_ = list(params)
 
 
 @hookimpl

@@ -79,10 +79,19 @@ class RecentInputs:
         return {"x": self.x.clone(), "task": self.task.clone(), "pos": self.pos,
                 "count": self.count}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.x.copy_(state["x"])
-        self.task.copy_(state["task"])
-        self.pos, self.count = int(state["pos"]), int(state["count"])
+    def load_state_dict(self, state: Mapping[str, Any], owner: str = "recent inputs") -> None:
+        from lifelong.validation import state_number, state_tensor
+
+        cap = self.x.shape[0]
+        x = state_tensor(state, "x", owner=owner, shape=tuple(self.x.shape), dtype=self.x.dtype,
+                         finite=True)
+        task = state_tensor(state, "task", owner=owner, shape=tuple(self.task.shape),
+                            dtype=self.task.dtype, min=0)
+        pos = state_number(state, "pos", owner=owner, min=0, max=cap - 1, integer=True)
+        count = state_number(state, "count", owner=owner, min=0, max=cap, integer=True)
+        self.x.copy_(x)
+        self.task.copy_(task)
+        self.pos, self.count = pos, count
 
 
 def trainable(model: nn.Module) -> dict[str, Tensor]:

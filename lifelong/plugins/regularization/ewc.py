@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.per_sample import fastest, reduce_per_sample_grads
 from lifelong.plugins.regularization._common import (
@@ -324,14 +324,40 @@ class EWC:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self._recent is not None and self._gen is not None
+        from lifelong.validation import state_get, state_number, state_rng, state_tensor
+
         dev = self._recent.x.device
-        self.weight_ = {k: v.to(dev) for k, v in state["weight"].items()}
-        self.center_ = {k: v.to(dev) for k, v in state["center"].items()}
-        self.const_ = None if state["const"] is None else state["const"].to(dev)
-        self.n_consolidations_ = int(state["n_consolidations"])
-        self.pending_ = bool(state.get("pending", False))
-        self._recent.load_state_dict(state["recent"])
-        self._gen.set_state(state["generator"])
+        weight = _param_dict(state, "weight", self.name)
+        center = _param_dict(state, "center", self.name)
+        const = state_tensor(state, "const", owner=self.name, shape=(), dtype="float",
+                             finite=True, allow_none=True)
+        n = state_number(state, "n_consolidations", owner=self.name, min=0, integer=True)
+        gen = state_rng(state, "generator", owner=self.name, generator=self._gen)
+        pending = state.get("pending", False)
+        if not isinstance(pending, bool):
+            raise CheckpointError(f"checkpoint state of plugin {self.name!r}: pending must be "
+                                  f"true or false, got {pending!r}; the checkpoint is corrupted")
+        self._recent.load_state_dict(state_get(state, "recent", owner=self.name),
+                                     owner=self.name)
+        self.weight_ = {k: v.to(dev) for k, v in weight.items()}
+        self.center_ = {k: v.to(dev) for k, v in center.items()}
+        self.const_ = None if const is None else const.to(dev)
+        self.n_consolidations_ = n
+        self.pending_ = pending
+        self._gen.set_state(gen)
+
+
+def _param_dict(state: Mapping[str, Any], key: str, owner: str) -> dict[str, Any]:
+    """A dict of per-parameter tensors (shapes are checked against the model by the learner)."""
+    from lifelong.validation import check_tensor, state_get
+
+    value = state_get(state, key, owner=owner)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint state of plugin {owner!r}: {key} must be a mapping of "
+                              f"parameter names to tensors, got {type(value).__name__}")
+    for k, v in value.items():
+        check_tensor(v, f"{key}[{k!r}]", owner=owner, dtype="float", finite=True)
+    return value
 
 
 class OnlineEWC(EWC):

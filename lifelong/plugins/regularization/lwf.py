@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 
 __all__ = ["LwF", "distillation_loss", "grouped_log_softmax"]
@@ -179,11 +179,30 @@ class LwF:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self.heads_ is not None and self.seen_ is not None
-        self.heads_ = state["heads"].to(self.heads_.device, copy=True)
-        self.seen_ = state["seen"].to(self.seen_.device, copy=True)
-        self.n_consolidations_ = int(state["n_consolidations"])
+        from lifelong.validation import (
+            loading_learner,
+            state_get,
+            state_module,
+            state_number,
+            state_tensor,
+        )
+
+        c = self.heads_.shape[0]
+        n = state_number(state, "n_consolidations", owner=self.name, min=0, integer=True)
+        heads = state_tensor(state, "heads", owner=self.name, shape=(c,), dtype=torch.long,
+                             min=-1)
+        seen = state_tensor(state, "seen", owner=self.name, shape=(c,), dtype=torch.bool)
+        old = state_get(state, "old", owner=self.name)
+        if old is not None and not isinstance(old, Mapping):
+            raise CheckpointError(f"checkpoint state of plugin {self.name!r}: old must be the "
+                                  "previous model's state_dict; the checkpoint is corrupted")
+        if old is not None and loading_learner() is not None:
+            state_module(state, "old", owner=self.name, module=loading_learner().model)
+        self.heads_ = heads.to(self.heads_.device, copy=True)
+        self.seen_ = seen.to(self.seen_.device, copy=True)
+        self.n_consolidations_ = n
         self.old_ = None
-        self._pending = None if state["old"] is None else dict(state["old"])
+        self._pending = None if old is None else dict(old)
 
 
 def _snapshot(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> nn.Module:

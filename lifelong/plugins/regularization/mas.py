@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from lifelong.errors import ConfigError
+from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.per_sample import fastest, reduce_per_sample_grads
 from lifelong.plugins.regularization._common import (
@@ -199,12 +199,22 @@ class MAS:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self._recent is not None
+        from lifelong.plugins.regularization.ewc import _param_dict
+        from lifelong.validation import state_get, state_number
+
         dev = self._recent.x.device
-        self.importance_ = {k: v.to(dev, copy=True) for k, v in state["importance"].items()}
-        self.anchor_ = {k: v.to(dev, copy=True) for k, v in state["anchor"].items()}
-        self.n_consolidations_ = int(state["n_consolidations"])
-        self.pending_ = bool(state.get("pending", False))
-        self._recent.load_state_dict(state["recent"])
+        importance = _param_dict(state, "importance", self.name)
+        anchor = _param_dict(state, "anchor", self.name)
+        n = state_number(state, "n_consolidations", owner=self.name, min=0, integer=True)
+        pending = state.get("pending", False)
+        if not isinstance(pending, bool):
+            raise CheckpointError(f"checkpoint state of plugin 'mas': pending must be true or "
+                                  f"false, got {pending!r}; the checkpoint is corrupted")
+        self._recent.load_state_dict(state_get(state, "recent", owner=self.name), owner=self.name)
+        self.importance_ = {k: v.to(dev, copy=True) for k, v in importance.items()}
+        self.anchor_ = {k: v.to(dev, copy=True) for k, v in anchor.items()}
+        self.n_consolidations_ = n
+        self.pending_ = pending
 
 
 @hookimpl

@@ -172,12 +172,18 @@ class SI:
                 "n_consolidations": self.n_consolidations_}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        def load(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        from lifelong.plugins.regularization.ewc import _param_dict
+        from lifelong.validation import state_number
+
+        def load(key: str) -> dict[str, Tensor]:
+            d: Mapping[str, Tensor] = _param_dict(state, key, self.name)
             return {k: v.to(self._device, copy=True) for k, v in d.items()}
-        self.omega_, self.importance_ = load(state["omega"]), load(state["importance"])
-        self.anchor_, self.prev_ = load(state["anchor"]), load(state["prev"])
+        omega, importance, anchor, prev = (load(k) for k in ("omega", "importance", "anchor",
+                                                             "prev"))
+        n = state_number(state, "n_consolidations", owner=self.name, min=0, integer=True)
+        self.omega_, self.importance_, self.anchor_, self.prev_ = omega, importance, anchor, prev
         self._grad = {k: torch.zeros_like(v) for k, v in self.prev_.items()}
-        self.n_consolidations_ = int(state["n_consolidations"])
+        self.n_consolidations_ = n
 
 
 @hookimpl

@@ -86,7 +86,9 @@ class AGEM:
         return {"buffer": buffer_state(self.buffer_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_buffer_state(self.name, self.buffer_, state["buffer"])
+        from lifelong.validation import state_get
+
+        load_buffer_state(self.name, self.buffer_, state_get(state, "buffer", owner=self.name))
 
 
 @hookimpl

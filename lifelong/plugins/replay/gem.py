@@ -168,8 +168,11 @@ class GEM:
                 "buffer": buffer_state(self.buffer_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.task_ = int(state["task"])
-        load_buffer_state(self.name, self.buffer_, state["buffer"])
+        from lifelong.validation import state_get, state_number
+
+        task = state_number(state, "task", owner=self.name, min=-1, integer=True)
+        load_buffer_state(self.name, self.buffer_, state_get(state, "buffer", owner=self.name))
+        self.task_ = task
 
 
 @hookimpl

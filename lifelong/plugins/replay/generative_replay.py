@@ -306,22 +306,47 @@ class GenerativeReplay:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from lifelong.validation import (
+            state_get,
+            state_module,
+            state_number,
+            state_optimizer,
+            state_rng,
+        )
+
+        who = self.name
+        experiences = state_number(state, "experiences", owner=who, min=0, integer=True)
         if "generator" not in state:
-            self.experiences_ = state["experiences"]
+            self.experiences_ = experiences
             return
         if self.generator_ is None or self.optimizer_ is None or self._rng is None:
             raise CheckpointError("plugin 'generative_replay': load_state_dict needs the run to "
                                   "be assembled first; call learner.begin(stream) (fit does)")
         assert self.prev_generator_ is not None and self.prev_solver_ is not None
+        state_module(state, "generator", owner=who, module=self.generator_)
+        state_optimizer(state, "optimizer", owner=who, optimizer=self.optimizer_)
+        prev = state_get(state, "has_previous", owner=who)
+        if not isinstance(prev, bool):
+            raise CheckpointError(f"checkpoint state of plugin {who!r}: has_previous must be "
+                                  f"true or false, got {prev!r}; the checkpoint is corrupted")
+        if prev:
+            state_module(state, "prev_generator", owner=who, module=self.prev_generator_)
+            state_module(state, "prev_solver", owner=who, module=self.prev_solver_)
+        rng = state_rng(state, "rng", owner=who, generator=self._rng)
+        likelihood = state_get(state, "likelihood", owner=who)
+        if likelihood not in (None, "bernoulli", "gaussian"):
+            raise CheckpointError(f"checkpoint state of plugin {who!r}: likelihood must be "
+                                  f"'bernoulli' or 'gaussian', got {likelihood!r}; the "
+                                  "checkpoint is corrupted")
         self.generator_.load_state_dict(state["generator"])
         self.optimizer_.load_state_dict(state["optimizer"])
-        self.has_previous_ = bool(state["has_previous"])
+        self.has_previous_ = prev
         if self.has_previous_:
             self.prev_generator_.load_state_dict(state["prev_generator"])
             self.prev_solver_.load_state_dict(state["prev_solver"])
-        self._rng.set_state(state["rng"])
-        self.experiences_ = state["experiences"]
-        self.likelihood_ = state["likelihood"]
+        self._rng.set_state(rng)
+        self.experiences_ = experiences
+        self.likelihood_ = likelihood
 
 
 @hookimpl
