@@ -146,6 +146,19 @@ def _batches_in(learner: Any, index: int) -> int | None:
     return None
 
 
+def _total_batches(learner: Any) -> int | None:
+    stream = learner.stream
+    if stream is None or getattr(stream, "n_experiences", None) is None:
+        return None
+    total = 0
+    for exp in stream.experiences():
+        n = getattr(exp, "n_samples", None)
+        if n is None:
+            return None
+        total += math.ceil(n / learner.batch_size) * learner.epochs
+    return total
+
+
 def check_counters(learner: Any, c: Mapping[str, Any]) -> None:
     """Counters are non-negative integers consistent with each other and with the stream."""
     for k in COUNTERS[:-1]:
@@ -158,6 +171,11 @@ def check_counters(learner: Any, c: Mapping[str, Any]) -> None:
                    f"{learner.batch_size} can hold")
     stream = learner.stream
     n_exp = getattr(stream, "n_experiences", None) if stream is not None else None
+    total = _total_batches(learner)
+    if total is not None:
+        for k in ("step_index", "skipped_batches"):
+            if c[k] > total:
+                raise _bad(f"counter {k}={c[k]} is beyond the stream's {total} batches")
     if n_exp is not None and c["experience_index"] > n_exp:
         raise _bad(f"counter experience_index={c['experience_index']} is beyond the stream's "
                    f"{n_exp} experiences")
@@ -184,15 +202,22 @@ def check_timing(t: Any) -> None:
 # ---------------------------------------------------------------------------- plugins
 
 
-def _param_keyed(value: Any, model_state: Mapping[str, Tensor], where: str, depth: int = 0) -> None:
-    """Dicts keyed by model tensor names hold tensors of those tensors' shapes."""
+def _param_keyed(value: Any, model_state: Mapping[str, Tensor], where: str, depth: int = 0,
+                 trainable: set[str] | None = None) -> None:
+    """Dicts keyed by model tensor names hold tensors of those tensors' shapes, one for every
+    trainable parameter (a penalty or snapshot missing a parameter would silently skip it)."""
     if depth > 4 or not isinstance(value, Mapping):
         if isinstance(value, list | tuple) and depth <= 4:
             for i, v in enumerate(value[:64]):
-                _param_keyed(v, model_state, f"{where}[{i}]", depth + 1)
+                _param_keyed(v, model_state, f"{where}[{i}]", depth + 1, trainable)
         return
     keys = list(value)
     if keys and all(isinstance(k, str) and k in model_state for k in keys):
+        missing = [k for k in trainable if k not in value] if trainable is not None else []
+        if missing:
+            raise CheckpointError(f"checkpoint state of {where}: holds tensors for "
+                                  f"{len(keys)} model parameters but not for {missing[0]!r} "
+                                  f"(and {len(missing) - 1} more); {FIX}")
         for k in keys:
             v, ref = value[k], model_state[k]
             if not isinstance(v, Tensor) or v.shape != ref.shape or (
@@ -202,7 +227,7 @@ def _param_keyed(value: Any, model_state: Mapping[str, Tensor], where: str, dept
                                       f"model's {k!r} is {tuple(ref.shape)} {ref.dtype}; {FIX}")
         return
     for k, v in value.items():
-        _param_keyed(v, model_state, f"{where}.{k}", depth + 1)
+        _param_keyed(v, model_state, f"{where}.{k}", depth + 1, trainable)
 
 
 def _like_template(saved: Any, template: Any, where: str, depth: int = 0) -> None:
@@ -249,7 +274,8 @@ def load_plugin(learner: Any, plugin: Any, key: str, states: Mapping[str, Any]) 
                                       f" missing; {FIX}")
     if template is not None:
         _like_template(saved, template, who)
-    _param_keyed(saved, learner.model.state_dict(), who)
+    trainable = {n for n, p in learner.model.named_parameters() if p.requires_grad}
+    _param_keyed(saved, learner.model.state_dict(), who, trainable=trainable)
     try:
         plugin.load_state_dict(saved)
     except CheckpointError:

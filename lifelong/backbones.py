@@ -118,6 +118,25 @@ def _image_shape(input_shape: Sequence[int], name: str) -> tuple[int, int]:
     return int(input_shape[0]), int(input_shape[1])
 
 
+def _widths(name: str, key: str, widths: Sequence[int] | None) -> None:
+    from lifelong.validation import check_number
+
+    if widths is None:
+        return
+    if not isinstance(widths, list | tuple) or not widths:
+        raise ConfigError(f"backbone {name!r}: {key} must be a non-empty list of layer widths, "
+                          f"got {widths!r}")
+    for i, w in enumerate(widths):
+        check_number(f"backbone {name!r}", f"{key}[{i}]", w, min=1, max=2**24, integer=True)
+
+
+def _fits(name: str, n_params: int, key: str) -> None:
+    """Parameters, gradients and two optimizer moments must fit in memory (float32)."""
+    from lifelong.validation import check_memory
+
+    check_memory(f"backbone {name!r}", key, 4 * 4 * n_params, fix=f"lower {key}")
+
+
 def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: list[int] | None = None,
         dropout: float = 0.0, norm: str | None = None) -> MLP:
     """MLP on flattened inputs; ``hidden`` widths default to [256, 256].
@@ -125,20 +144,36 @@ def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: list[int] | Non
     ``norm``: ``"layer"`` or ``"batch"`` puts a LayerNorm / BatchNorm1d after each
     hidden linear layer (``None``: none).
     """
+    from lifelong.validation import check_number
+
     if norm not in (None, "layer", "batch"):
         raise ConfigError(f"backbone 'mlp': norm must be 'layer', 'batch' or null, got {norm!r}")
+    _widths("mlp", "hidden", hidden)
+    check_number("backbone 'mlp'", "dropout", dropout, min=0.0, max=1.0)
+    if dropout == 1.0:
+        raise ConfigError("backbone 'mlp': dropout must be below 1 (1 drops every unit), got 1")
+    dims = [math.prod(input_shape), *(hidden or (256, 256)), num_classes]
+    _fits("mlp", sum((a + 1) * b for a, b in zip(dims, dims[1:])), "hidden")
     return MLP(math.prod(input_shape), num_classes, tuple(hidden or (256, 256)), dropout, norm)
 
 
 def cnn(*, input_shape: Sequence[int], num_classes: int, channels: list[int] | None = None) -> SmallCNN:
     """Small CNN: conv-ReLU-maxpool blocks (default channels [32, 64]) and a linear head."""
     c, s = _image_shape(input_shape, "cnn")
+    _widths("cnn", "channels", channels)
+    chans = [c, *(channels or (32, 64))]
+    _fits("cnn", sum(9 * a * b + b for a, b in zip(chans, chans[1:])) + chans[-1] * num_classes
+          * max(s // 2 ** (len(chans) - 1), 1) ** 2, "channels")
     return SmallCNN(c, num_classes, tuple(channels or (32, 64)), s)
 
 
 def resnet(*, input_shape: Sequence[int], num_classes: int, nf: int = 20) -> ReducedResNet18:
     """Reduced ResNet-18 (GEM's, ``nf``=20 base filters) for images."""
+    from lifelong.validation import check_number
+
     c, _ = _image_shape(input_shape, "resnet")
+    check_number("backbone 'resnet'", "nf", nf, min=1, max=4096, integer=True)
+    _fits("resnet", 12 * 9 * (8 * nf) ** 2 // 4, "nf")
     return ReducedResNet18(c, num_classes, nf)
 
 

@@ -12,6 +12,7 @@ one written for another config or format is refused, naming what differs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -35,6 +36,40 @@ def _version() -> str:
     return __version__
 
 
+DIGESTED = ("config", "finished", "schedule", "torch_threads", "learner")
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's contents (tensor bytes, shapes, dtypes and plain values).
+
+    Stored in the checkpoint and checked on load, so that bytes changed on disk
+    (which ``torch.load`` often reads without complaint) are refused.
+    """
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=repr):
+                h.update(repr(k).encode())
+                feed(v[k])
+            h.update(b"}")
+        elif isinstance(v, list | tuple):
+            h.update(b"[")
+            for item in v:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    feed({k: payload.get(k) for k in DIGESTED})
+    return h.hexdigest()
+
+
 def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dict[str, Any],
                     *, finished: bool = False, schedule: dict[str, Any] | None = None) -> Path:
     """Write ``directory/checkpoint.pt`` atomically (temp file, fsync, rename).
@@ -48,6 +83,7 @@ def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dic
     payload = {"format": FORMAT, "lifelong": _version(), "config": config, "finished": finished,
                "written_at": time.time(), "schedule": schedule or {"every": 0, "every_seconds": 0.0},
                "torch_threads": torch.get_num_threads(), "learner": learner.state_dict()}
+    payload["digest"] = payload_digest(payload)
     try:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
@@ -76,7 +112,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(f"{path} holds objects a checkpoint may not contain and was not "
                               f"loaded ({first[:160]})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load of damaged bytes raises many kinds
         raise CheckpointError(f"{path} is not a readable checkpoint: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                               ) from exc
@@ -91,6 +127,16 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
     if not isinstance(payload.get("finished", False), bool):
         raise CheckpointError(f"{path}: 'finished' must be true or false, got "
                               f"{payload.get('finished')!r}; the checkpoint is corrupted")
+    digest = payload.get("digest")
+    if digest is not None:
+        try:
+            ok = digest == payload_digest(payload)
+        except Exception:  # noqa: BLE001 - contents too damaged to hash
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum "
+                                  "written with it (changed on disk?); resume from another copy "
+                                  "or start the run again")
     payload["schedule"] = _schedule(payload.get("schedule"), path)
     threads = payload.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)

@@ -148,6 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = args.threads if args.threads == "auto" else _int_arg("--threads", args.threads)
         raw = {**raw, "train": {**(raw.get("train") or {}), "threads": value}}
     ck = raw.get("checkpoint") if isinstance(raw.get("checkpoint"), dict) else {}
+    from lifelong.validation import check_number
+
+    if "every" in ck:
+        check_number("", "checkpoint.every", ck["every"], min=0, integer=True)
+    if "every_seconds" in ck:
+        check_number("", "checkpoint.every_seconds", ck["every_seconds"], min=0.0)
     every, every_s = parse_every(args.checkpoint_every)
     if not (every or every_s) and payload is not None and args.checkpoint_every is None:
         every, every_s = payload["schedule"]["every"], payload["schedule"]["every_seconds"]
@@ -286,43 +292,116 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_grid(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list[Any],
+                                                    list[int]]:
+    """Parse and validate the whole grid (names, seeds, every cell's config) before any run."""
+    from lifelong.config import apply_overrides, load_yaml, resolve
+    from lifelong.registry import get_registry
+
+    base = apply_overrides(load_yaml(args.config), args.set or []) if args.config else {}
+    strategies = [s.strip() for s in args.strategies.split(",")]
+    streams: list[Any] = [s.strip() for s in args.streams.split(",")] if args.streams else [None]
+    seeds = []
+    for s in args.seeds.split(","):
+        try:
+            seeds.append(int(s.strip()))
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: {s.strip()!r} is not an integer; give "
+                              "comma-separated integers, e.g. 0,1,2") from None
+    for what, items in (("strategies", strategies), ("streams", streams), ("seeds", seeds)):
+        if not items or any(i == "" for i in items):
+            raise ConfigError(f"--{what}: an empty name in {getattr(args, what)!r}")
+        if len(set(items)) != len(items):
+            raise ConfigError(f"--{what}: {getattr(args, what)!r} names one twice")
+    reg = get_registry()
+    for name in strategies:
+        reg.get("strategy", name)  # RegistryError with suggestions
+    for name in streams:
+        if name is not None:
+            reg.get("stream", name)
+    for stream in streams:
+        for strat in strategies:
+            for seed in seeds:
+                resolve(_bench_cell(base, stream, strat, seed), reg)
+    return base, strategies, streams, seeds
+
+
+def _bench_cell(base: dict[str, Any], stream: Any, strategy: str, seed: int) -> dict[str, Any]:
+    raw = dict(base)
+    if stream is not None:
+        raw["stream"] = {**(base.get("stream") or {}), "name": stream}
+    raw.update({"strategy": strategy, "seed": seed})
+    return raw
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Strategies x streams x seeds, in-process; prints mean +- std per cell."""
+    """Strategies x streams x seeds, in-process; prints mean +- std per cell.
+
+    The whole grid is validated before the first run; a run that fails is recorded
+    as a failed row (strategy, stream, seed, error) and the others go on; each
+    finished run is appended to ``bench_runs.jsonl`` in ``--out`` as it ends.
+    """
     from rich.table import Table
 
-    from lifelong.config import apply_overrides, load_yaml
     from lifelong.run import run_config
 
     console = _console(args.quiet)
-    base = apply_overrides(load_yaml(args.config), args.set or []) if args.config else {}
-    strategies = args.strategies.split(",")
-    streams = args.streams.split(",") if args.streams else [None]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    base, strategies, streams, seeds = _bench_grid(args)
+    out = check_out_dir(args.out) if args.out else None
+    log = out / "bench_runs.jsonl" if out is not None else None
+    if log is not None:
+        log.write_text("")
     rows: list[dict[str, Any]] = []
+    failures: list[str] = []
     for stream in streams:
+        stream_name = stream or (base.get("stream") or {}).get("name")
         for strat in strategies:
-            accs, forg = [], []
+            accs, forg, failed = [], [], []
             for seed in seeds:
-                raw = dict(base)
-                if stream is not None:
-                    raw["stream"] = {**(base.get("stream") or {}), "name": stream}
-                raw.update({"strategy": strat, "seed": seed})
-                m = run_config(raw)
-                accs.append(m["final_avg_accuracy"] or 0.0)
-                forg.append(m["avg_forgetting"] or 0.0)
-            rows.append({"stream": stream or base.get("stream", {}).get("name"),
-                         "strategy": strat, "final_avg_accuracy": statistics.mean(accs),
-                         "std": statistics.pstdev(accs), "avg_forgetting": statistics.mean(forg)})
+                record: dict[str, Any] = {"stream": stream_name, "strategy": strat, "seed": seed}
+                try:
+                    m = run_config(_bench_cell(base, stream, strat, seed))
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one failed run must not end the bench
+                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    kind = "" if isinstance(exc, LifelongError) else f"{type(exc).__name__}: "
+                    record.update(status="failed", error=f"{kind}{msg}"[:300])
+                    failed.append(seed)
+                    failures.append(f"{strat} on {stream_name}, seed {seed}: {kind}{msg}"[:300])
+                else:
+                    accs.append(m["final_avg_accuracy"] or 0.0)
+                    forg.append(m["avg_forgetting"] or 0.0)
+                    record.update(status="ok", final_avg_accuracy=m["final_avg_accuracy"],
+                                  avg_forgetting=m["avg_forgetting"])
+                if log is not None:
+                    with open(log, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                        fh.flush()
+            rows.append({"stream": stream_name, "strategy": strat,
+                         "final_avg_accuracy": statistics.mean(accs) if accs else None,
+                         "std": statistics.pstdev(accs) if accs else None,
+                         "avg_forgetting": statistics.mean(forg) if forg else None,
+                         "failed_seeds": failed})
     t = Table(title=f"benchmark ({len(seeds)} seeds)")
-    for col in ("stream", "strategy", "final_avg_accuracy", "std", "avg_forgetting"):
+    for col in ("stream", "strategy", "final_avg_accuracy", "std", "avg_forgetting", "failed"):
         t.add_column(col)
     for r in rows:
         t.add_row(*[_fmt(r[c]) for c in ("stream", "strategy", "final_avg_accuracy", "std",
-                                          "avg_forgetting")])
+                                          "avg_forgetting")],
+                  ",".join(map(str, r["failed_seeds"])) or "-")
     console.print(t)
-    if args.out:
-        check_out_dir(args.out)
-        (Path(args.out) / "bench.json").write_text(json.dumps(rows, indent=2))
+    if out is not None:
+        tmp = out / ".bench.json.tmp"
+        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.replace(out / "bench.json")
+    if failures:
+        total = len(streams) * len(strategies) * len(seeds)
+        for f in failures:
+            print(f"failed: {f}", file=sys.stderr)
+        print(f"error: {len(failures)} of {total} runs failed (their rows say which); the "
+              "others finished", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -237,9 +238,30 @@ def _type_ok(value: Any, annotation: Any, default: Any) -> bool:
     return isinstance(value, tuple(allowed))
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite number in ``value`` (lists and dicts searched)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            bad = _non_finite(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _non_finite(v, f"{path}.{k}")
+            if bad:
+                return bad
+    return None
+
+
 def check_params(kind: str, name: str, params: dict[str, Any], registry: Registry,
                  where: str) -> dict[str, Any]:
-    """Check ``params`` against the registered factory's keyword parameters."""
+    """Check ``params`` against the registered factory's keyword parameters.
+
+    NaN and infinite numbers are refused for every parameter of every factory
+    (each factory range-checks its own values when it is called).
+    """
     entry = registry.get(kind, name)
     accepted = {k: p for k, p in entry.parameters().items() if k not in INJECTED}
     for key, value in params.items():
@@ -248,6 +270,10 @@ def check_params(kind: str, name: str, params: dict[str, Any], registry: Registr
             raise ConfigError(f"{where}.{key}: unknown parameter of {kind} {name!r}; "
                               f"allowed: {allowed}")
         p = accepted[key]
+        bad = _non_finite(value, f"{where}.{key}")
+        if bad:
+            raise ConfigError(f"{bad}: {value!r} is not a finite number; give a finite value "
+                              f"(`lifelong list {kind}` lists the parameters)")
         if not _type_ok(value, p.annotation, p.default):
             ann = p.annotation if isinstance(p.annotation, str) else getattr(
                 p.annotation, "__name__", str(p.annotation))
@@ -287,6 +313,30 @@ def _check_section(cfg: dict[str, Any], key: str, allowed: dict[str, tuple[type,
             raise ConfigError(f"{key}.{k}: expected {names}, got {type(v).__name__} {v!r}")
 
 
+def _check_ranges(cfg: dict[str, Any]) -> None:
+    """Numeric values of the train / eval / checkpoint sections, one line naming the key."""
+    from lifelong.validation import check_number
+
+    t, e, c = cfg["train"], cfg["eval"], cfg["checkpoint"]
+    for key, kw in (("batch_size", {"min": 1, "max": 10**7}), ("epochs", {"min": 1, "max": 10**6}),
+                    ("check_every", {"min": 1})):
+        if key in t and not (key == "check_every" and t[key] is None):
+            check_number("", f"train.{key}", t[key], integer=True, **kw)
+    for key, kw in (("lr", {"above": 0.0, "max": 100.0}), ("momentum", {"min": 0.0, "max": 1.0}),
+                    ("weight_decay", {"min": 0.0, "max": 100.0})):
+        if key in t:
+            check_number("", f"train.{key}", t[key], **kw)
+    if "momentum" in t and t["momentum"] == 1:
+        raise ConfigError("train.momentum must be below 1, got 1")
+    for key, kw in (("every", {"min": 0}), ("window", {"min": 1})):
+        if key in e:
+            check_number("", f"eval.{key}", e[key], integer=True, **kw)
+    if "every" in c:
+        check_number("", "checkpoint.every", c["every"], min=0, integer=True)
+    if "every_seconds" in c:
+        check_number("", "checkpoint.every_seconds", c["every_seconds"], min=0.0)
+
+
 def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
     """Validate ``raw`` and fill in defaults; returns the resolved config (plain data)."""
     reg = registry or get_registry()
@@ -308,11 +358,14 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
             cfg[k] = copy.deepcopy(v)
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
         raise ConfigError(f"seed: expected int, got {cfg['seed']!r}")
+    if not 0 <= cfg["seed"] < 2**63:
+        raise ConfigError(f"seed: must be in 0..2**63-1, got {cfg['seed']!r}")
     if not isinstance(cfg["device"], str):
         raise ConfigError(f"device: expected a string (auto, cpu, cuda), got {cfg['device']!r}")
     for key, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS),
                          ("checkpoint", CHECKPOINT_KEYS)):
         _check_section(cfg, key, allowed)
+    _check_ranges(cfg)
 
     name, params = _named(cfg["stream"], "stream")
     delay = params.pop("label_delay", None)

@@ -51,7 +51,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device: {str(device)!r} is not a device; use auto, cpu, cuda or "
+                          "cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device: {str(device)!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available() and \
+            dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {str(device)!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r} asked for, but CUDA is not available here; "
                           "use device: auto or cpu")
@@ -271,6 +281,15 @@ class Learner:
             raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"train.lr must be a positive number, got {lr}")
+        from lifelong.validation import check_number
+
+        check_number("train", "lr", lr, above=0.0, max=100.0)
+        check_number("train", "momentum", momentum, min=0.0, max=1.0)
+        if momentum == 1.0:
+            raise ConfigError("train: momentum must be below 1 (1 never forgets a gradient), got 1")
+        check_number("train", "weight_decay", weight_decay, min=0.0, max=100.0)
+        check_number("train", "check_every", check_every, min=1, integer=True, allow_none=True)
+        check_number("", "seed", seed, min=0, max=2**63 - 1, integer=True)
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.plugins = list(plugins)
@@ -969,7 +988,8 @@ class Learner:
         """
         from lifelong import validation
 
-        with validation.loading(self):
+        counters = state.get("counters") if isinstance(state, dict) else None
+        with validation.loading(self, counters if isinstance(counters, dict) else None):
             _state_check.check_top(state)
             loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
             _state_check.check_model(self.model, state["model"])

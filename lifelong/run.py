@@ -75,6 +75,9 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     sentry = reg.get("stream", cfg["stream"]["name"])
     if "seed" in sentry.parameters() and "seed" not in sparams:
         sparams["seed"] = seed
+    from lifelong.validation import check_stream_params
+
+    check_stream_params(cfg["stream"]["name"], sparams)
     stream: Stream = sentry.factory(**sparams)
     target: Stream | None = None
     if cfg.get("target") is not None:  # the unlabeled target domain: same names and adapters

@@ -400,8 +400,8 @@ def check_rejects_corrupted_state(factory: Factory) -> None:
         except CheckpointError:
             continue
         raise AssertionError(f"{type(plugin).__name__}: a checkpoint whose plugin state has "
-                             f"{label.replace(' deleted', ' deleted,')} was loaded without a CheckpointError; check the state in "
-                             "load_state_dict (lifelong.validation helpers)")
+                             f"{label} was loaded without a CheckpointError; check the state "
+                             "in load_state_dict (lifelong.validation helpers)")
 
 
 def check_requirements_enforced(factory: Factory) -> None:

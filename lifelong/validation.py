@@ -39,9 +39,11 @@ import torch
 
 from lifelong.errors import CheckpointError, ConfigError
 
-__all__ = ["check_number", "check_choice", "check_memory", "available_bytes", "state_get",
+__all__ = ["check_number", "check_choice", "check_stream_params", "STREAM_RANGES", "check_memory",
+           "available_bytes", "state_get",
            "state_number", "state_tensor", "check_tensor", "state_rng", "state_optimizer",
-           "state_module", "loading", "loading_learner", "model_output_width"]
+           "state_module", "state_floats", "loading", "loading_learner", "loading_counters",
+           "model_output_width"]
 
 _LOADING: ContextVar[Any] = ContextVar("lifelong_loading", default=None)
 
@@ -79,8 +81,40 @@ def check_number(owner: str, key: str, value: Any, *, min: float | None = None,
         ok = (math.isfinite(v) and (min is None or v >= min) and (max is None or v <= max)
               and (above is None or v > above))
     if not ok:
-        raise ConfigError(f"{owner}: {key} must be {want}"
+        raise ConfigError(f"{owner + ': ' if owner else ''}{key} must be {want}"
                           f"{' (or null)' if allow_none else ''}, got {value!r}")
+
+
+# Ranges of the numeric parameters the built-in streams share, by name (a stream's own
+# factory may check more); applied when a run is assembled, before the stream is built.
+STREAM_RANGES: dict[str, dict[str, Any]] = {
+    "n_experiences": {"min": 1, "max": 10**6, "integer": True},
+    "classes_per_experience": {"min": 1, "max": 10**5, "integer": True},
+    "n_per_class": {"min": 1, "integer": True},
+    "n_test_per_class": {"min": 0, "integer": True},
+    "n_samples": {"min": 1, "max": 10**12, "integer": True},
+    "n_concepts": {"min": 1, "integer": True},
+    "n_test": {"min": 1, "max": 10**7, "integer": True},
+    "n_features": {"min": 1, "max": 10**5, "integer": True},
+    "n_classes": {"min": 2, "max": 10**5, "integer": True},
+    "n_centroids": {"min": 1, "max": 10**5, "integer": True},
+    "separation": {"min": 0.0},
+    "test_fraction": {"above": 0.0, "max": 0.9},
+    "width": {"min": 0.0},
+    "noise": {"min": 0.0, "max": 1.0},
+    "perturbation": {"min": 0.0, "max": 1.0},
+    "mag_change": {"min": 0.0},
+    "blur": {"min": 0.0, "max": 1.0},
+    "max_angle": {"min": -3600.0, "max": 3600.0},
+    "seed": {"min": 0, "max": 2**63 - 1, "integer": True},
+}
+
+
+def check_stream_params(name: str, params: Mapping[str, Any]) -> None:
+    """Range-check a stream's numeric parameters by name (see :data:`STREAM_RANGES`)."""
+    for key, value in params.items():
+        if key in STREAM_RANGES and not isinstance(value, bool):
+            check_number(f"stream {name!r}", key, value, **STREAM_RANGES[key])
 
 
 def check_choice(owner: str, key: str, value: Any, choices: Sequence[Any]) -> None:
@@ -124,13 +158,40 @@ def check_memory(owner: str, key: str, nbytes: float, *, device: str | torch.dev
 
 
 @contextlib.contextmanager
-def loading(learner: Any) -> Iterator[None]:
-    """Within the block, :func:`loading_learner` returns ``learner``."""
-    token = _LOADING.set(learner)
+def loading(learner: Any, counters: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Within the block, :func:`loading_learner` returns ``learner`` and
+    :func:`loading_counters` the run counters of the state being loaded."""
+    token = _LOADING.set((learner, counters or {}))
     try:
         yield
     finally:
         _LOADING.reset(token)
+
+
+def loading_counters() -> Mapping[str, Any]:
+    """The counters (``samples_seen``, ``step_index``...) of the checkpoint being loaded."""
+    value = _LOADING.get()
+    return value[1] if value is not None else {}
+
+
+def state_floats(state: Any, key: str, *, owner: str, min: float | None = None,
+                 max: float | None = None, depth: int = 1, allow_none: bool = False) -> Any:
+    """A list (``depth`` 1) or list of lists (2) of finite numbers in range."""
+    value = state_get(state, key, owner=owner)
+    if value is None and allow_none:
+        return None
+
+    def ok(v: Any, d: int) -> bool:
+        if d == 0:
+            return _is_number(v) and math.isfinite(v) and (min is None or v >= min) and (
+                max is None or v <= max)
+        return isinstance(v, list | tuple) and all(ok(x, d - 1) for x in v)
+
+    if not ok(value, depth):
+        rng = f" in [{min}, {max}]" if min is not None or max is not None else ""
+        raise _bad(_owner(owner), f"{key} must be {'a list' if depth == 1 else 'lists'} of "
+                                  f"finite numbers{rng}, got {str(value)[:60]}")
+    return value
 
 
 def model_output_width(learner: Any) -> int | None:
@@ -157,7 +218,8 @@ def model_output_width(learner: Any) -> int | None:
 
 def loading_learner() -> Any:
     """The learner whose checkpoint is being loaded, or ``None`` outside a load."""
-    return _LOADING.get()
+    value = _LOADING.get()
+    return value[0] if value is not None else None
 
 
 def _bad(owner: str, what: str) -> CheckpointError:
@@ -195,7 +257,7 @@ def state_number(state: Any, key: str, *, owner: str, min: float | None = None,
     try:
         check_number("", key, value, min=min, max=max, integer=integer)
     except ConfigError as exc:
-        raise _bad(_owner(owner), str(exc).lstrip(": ")) from None
+        raise _bad(_owner(owner), str(exc)) from None
     return value
 
 

@@ -44,8 +44,13 @@ def half_run(tmp_path: Path, *, every: int = 5, stop: int = 10) -> Path:
 
 
 def tamper(out: Path, change) -> None:
+    """Change a checkpoint's contents consistently (its checksum recomputed), as a user
+    editing it with torch would, so that the contents themselves must be checked."""
+    from lifelong.checkpoint import payload_digest
+
     payload = torch.load(out / "checkpoint.pt", weights_only=True)
     change(payload)
+    payload["digest"] = payload_digest(payload)
     torch.save(payload, out / "checkpoint.pt")
 
 
@@ -325,6 +330,23 @@ def test_tampered_checkpoint_never_trains(taskfree_checkpoint, tmp_path, capfd, 
     assert not (out / "metrics.json").exists()
 
 
+def test_bytes_changed_on_disk_are_refused_by_the_checksum(taskfree_checkpoint, tmp_path, capsys):
+    import random
+
+    data = taskfree_checkpoint.read_bytes()
+    rng = random.Random(3)
+    for i in range(6):
+        out = tmp_path / f"o{i}"
+        out.mkdir()
+        b = bytearray(data)
+        for _ in range(3):
+            b[rng.randrange(len(b) // 3, len(b))] ^= 0x5A
+        (out / "checkpoint.pt").write_bytes(bytes(b))
+        assert main(["run", "--resume", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
 def test_stored_logits_of_the_wrong_width_are_refused(tmp_path, capsys):
     import yaml
 
@@ -337,3 +359,136 @@ def test_stored_logits_of_the_wrong_width_are_refused(tmp_path, capsys):
         logits=_plugin(p, "der")["buffer"]["columns"]["logits"][:, :2]))
     assert main(["run", "--resume", str(out), "--quiet"]) == 2
     assert "stored logits" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+BAD_PARAMS = [
+    ("train: {momentum: -1}", "train.momentum"),
+    ("train: {weight_decay: -1}", "train.weight_decay"),
+    ("train: {lr: 1e300}", "train.lr"),
+    ("train: {check_every: -3}", "train.check_every"),
+    ("backbone: {name: mlp, dropout: 2.0}", "dropout"),
+    ("backbone: {name: mlp, dropout: .nan}", "backbone.dropout"),
+    ("backbone: {name: mlp, hidden: [-5]}", "hidden[0]"),
+    ("backbone: {name: mlp, hidden: [0]}", "hidden[0]"),
+    ("seed: 100000000000000000000000", "seed"),
+    ("device: tpu9", "device"),
+    ("plugins: [{name: adwin, clock: 0}]", "plugin 'adwin': clock"),
+    ("plugins: [{name: adwin, max_buckets: -1}]", "plugin 'adwin': max_buckets"),
+    ("plugins: [{name: kswin, alpha: -1}]", "plugin 'kswin': alpha"),
+    ("plugins: [{name: kswin, alpha: .nan}]", "(kswin).alpha"),
+    ("plugins: [{name: page_hinkley, threshold: -2.0}]", "plugin 'page_hinkley': threshold"),
+    ("plugins: [{name: plateau, variance_threshold: .nan}]", "(plateau).variance_threshold"),
+    ("plugins: [{name: der, alpha: -0.5}]", "plugin 'der': alpha"),
+    ("plugins: [{name: derpp, beta: -1.0}]", "plugin 'derpp': beta"),
+    ("plugins: [{name: ewc, ewc_lambda: .inf}]", "(ewc).ewc_lambda"),
+    ("plugins: [{name: si, xi: 0.0}]", "plugin 'si': xi"),
+    ("plugins: [{name: gem, eps: -1.0}]", "plugin 'gem': eps"),
+    ("eval: {window: 0}", "eval.window"),
+    ("checkpoint: {every_seconds: .nan}", "checkpoint.every_seconds"),
+]
+
+
+@pytest.mark.parametrize("line, names", BAD_PARAMS, ids=[b[0][:40] for b in BAD_PARAMS])
+def test_out_of_range_parameters_are_one_line_naming_the_key(tmp_path, capsys, line, names):
+    base = SMALL.replace("seed: 1\n", "").replace("device: cpu\n", "")
+    head = line.split(":")[0]
+    keep = "\n".join(ln for ln in base.splitlines() if not ln.startswith(head + ":"))
+    cfg = write_cfg(tmp_path, keep + "\n" + line + "\n" + ("" if head == "device" else
+                                                           "device: cpu\n"))
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and names in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("line, key", [
+    ("plugins: [{name: er, mem_size: 1000000000000}]", "mem_size"),
+    ("plugins: [{name: ewc, fisher_samples: 1000000000000}]", "fisher_samples"),
+    ("plugins: [{name: mas, importance_samples: 1000000000000}]", "importance_samples"),
+    ("plugins: [{name: generative_replay, hidden: 1000000000000}]", "hidden"),
+    ("backbone: {name: mlp, hidden: [10000000, 10000000]}", "hidden"),
+], ids=["er", "ewc", "mas", "generative_replay", "mlp"])
+def test_sizes_that_cannot_fit_are_refused_before_training(tmp_path, capsys, line, key):
+    head = line.split(":")[0]
+    keep = "\n".join(ln for ln in SMALL.splitlines() if not ln.startswith(head + ":"))
+    cfg = write_cfg(tmp_path, keep + "\n" + line + "\n")
+    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "GiB" in err and "bytes" in err and "available" in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_synthetic_stream_too_big_is_refused_with_the_bytes_needed():
+    from lifelong.errors import ConfigError
+    from lifelong.stream.synthetic import blobs
+
+    with pytest.raises(ConfigError, match=r"n_per_class needs about .* bytes"):
+        blobs(n_per_class=10**11)
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def test_bench_validates_the_whole_grid_before_the_first_run(tmp_path, capsys, monkeypatch):
+    import lifelong.run as run_mod
+
+    calls = []
+    monkeypatch.setattr(run_mod, "run_config", lambda raw, **kw: calls.append(raw))
+    cfg = write_cfg(tmp_path)
+    for args, msg in ((["--strategies", "naive,ERR"], "unknown strategy 'ERR'"),
+                      (["--strategies", "naive", "--seeds", "0,a"], "'a' is not an integer"),
+                      (["--strategies", "naive", "--streams", "blobs,nope"], "unknown stream"),
+                      (["--strategies", "naive", "--set", "train.lr=-1"], "train.lr")):
+        assert main(["bench", "--config", str(cfg), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and msg in err and err.count("\n") == 1, err
+    bad_out = tmp_path / "file"
+    bad_out.write_text("x")
+    assert main(["bench", "--config", str(cfg), "--strategies", "naive", "--out",
+                 str(bad_out / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_bench_keeps_going_past_a_failed_run_and_writes_results_as_they_come(tmp_path, capsys):
+    cfg = write_cfg(tmp_path, SMALL.replace("train: {batch_size: 6}",
+                                            "train: {batch_size: 6, lr: 50.0}"))
+    out = tmp_path / "b"
+    code = main(["bench", "--config", str(cfg), "--strategies", "naive,joint", "--seeds", "0,1",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    runs = [json.loads(line) for line in (out / "bench_runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 4
+    failed = [r for r in runs if r["status"] == "failed"]
+    if failed:
+        assert code == 2 and "runs failed" in err
+        r = failed[0]
+        assert f"{r['strategy']} on blobs, seed {r['seed']}" in err and r["error"]
+    rows = json.loads((out / "bench.json").read_text())
+    assert {r["strategy"] for r in rows} == {"naive", "joint"}
+
+
+def test_bench_failed_run_is_a_row_naming_strategy_stream_and_seed(tmp_path, capsys, monkeypatch):
+    import lifelong.run as run_mod
+    from lifelong.errors import NonFiniteLossError
+
+    real = run_mod.run_config
+
+    def flaky(raw, **kw):
+        if raw["strategy"] == "joint" and raw["seed"] == 1:
+            raise NonFiniteLossError("the training loss is NaN or infinite at batch 3")
+        return real(raw, **kw)
+
+    monkeypatch.setattr(run_mod, "run_config", flaky)
+    out = tmp_path / "b"
+    code = main(["bench", "--config", str(write_cfg(tmp_path)), "--strategies", "naive,joint",
+                 "--seeds", "0,1", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "failed: joint on blobs, seed 1: the training loss is NaN" in err
+    runs = [json.loads(line) for line in (out / "bench_runs.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in runs] == ["ok", "ok", "ok", "failed"]
+    rows = {r["strategy"]: r for r in json.loads((out / "bench.json").read_text())}
+    assert rows["joint"]["failed_seeds"] == [1] and rows["naive"]["failed_seeds"] == []
+    assert rows["joint"]["final_avg_accuracy"] is not None

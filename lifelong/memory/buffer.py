@@ -27,7 +27,7 @@ from lifelong.errors import CheckpointError, ConfigError, DataError
 from lifelong.memory.selection import RandomRetrieval, Reservoir, Retrieval, Selection
 from lifelong.stream.base import Batch
 
-__all__ = ["Buffer", "last_writer_wins", "check_sizes"]
+__all__ = ["Buffer", "last_writer_wins", "check_sizes", "check_fits"]
 
 
 def _positive_int(v: Any) -> bool:
@@ -50,6 +50,20 @@ def check_sizes(plugin: str, mem_size: Any, batch_size: Any, what: str = "batch_
     if batch_size > mem_size:
         raise ConfigError(f"plugin {plugin!r}: the replay batch ({what}={batch_size}) is larger "
                           f"than the buffer (mem_size={mem_size}); lower it or raise mem_size")
+
+
+def check_fits(plugin: str, mem_size: int, stream: Any, device: Any, *,
+               payload_floats: int = 0) -> None:
+    """:class:`ConfigError` before training when ``mem_size`` samples of the stream's input
+    shape (plus ``payload_floats`` per sample, e.g. DER's logits) cannot fit in memory."""
+    import math
+
+    from lifelong.validation import check_memory
+
+    shape = getattr(stream, "input_shape", None) or ()
+    per = 4 * (math.prod(shape) + payload_floats) + 16
+    check_memory(f"plugin {plugin!r}", "mem_size", (mem_size + 1) * per, device=device,
+                 fix=f"lower mem_size (each sample of shape {tuple(shape)} takes {per} bytes)")
 
 
 def buffer_state(buffer: Buffer | None) -> dict[str, Any] | None:
@@ -122,7 +136,8 @@ def _check_buffer_state(buffer: Buffer, state: dict[str, Any], owner: str) -> No
         x = columns["x"]
         if not x.is_floating_point():
             raise bad(f"inputs have dtype {x.dtype}, not floating point")
-        if stream is not None and stream.input_shape is not None and                 tuple(x.shape[1:]) != tuple(stream.input_shape):
+        shape = stream.input_shape if stream is not None else None
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             raise bad(f"inputs have shape {tuple(x.shape[1:])}, the stream's are "
                       f"{tuple(stream.input_shape)}")
     if "y" in columns:
@@ -155,9 +170,13 @@ def _check_selection_state(state: Any, capacity: int) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"a buffer selection state must be a mapping, got "
                               f"{type(state).__name__}")
+    from lifelong.validation import loading_counters
+
+    top = loading_counters().get("samples_seen")
     if "seen" in state and not isinstance(state["seen"], list):
-        if not nonneg(state["seen"]):
-            raise CheckpointError(f"the buffer's seen counter is {state['seen']!r}")
+        if not nonneg(state["seen"]) or (isinstance(top, int) and state["seen"] > top):
+            raise CheckpointError(f"the buffer's seen counter is {state['seen']!r} (the run has "
+                                  f"seen {top} samples)")
         return
     keys, seen = state.get("keys"), state.get("seen")
     if not (isinstance(keys, list) and isinstance(seen, list) and len(keys) == len(seen)
@@ -165,6 +184,9 @@ def _check_selection_state(state: Any, capacity: int) -> None:
             and len(set(keys)) == len(keys)):
         raise CheckpointError("the buffer's per-key counters are not lists of integers >= 0 of "
                               "equal length, with distinct keys")
+    if isinstance(top, int) and sum(seen) > top:
+        raise CheckpointError(f"the buffer has counted {sum(seen)} samples, the run has seen "
+                              f"{top}")
     n_parts = state.get("n_parts")
     if n_parts is not None and not (nonneg(n_parts) and n_parts >= 1):
         raise CheckpointError(f"the buffer's n_parts is {n_parts!r}")

@@ -27,6 +27,17 @@ def blobs(*, n_experiences: int = 3, classes_per_experience: int = 2, n_per_clas
     shape = tuple(input_shape or (1, 4, 4))
     dim = math.prod(shape)
     C = n_experiences * classes_per_experience
+    from lifelong.validation import check_memory, check_number
+
+    for key, value in (("n_experiences", n_experiences), ("n_per_class", n_per_class),
+                       ("classes_per_experience", classes_per_experience)):
+        check_number("stream 'blobs'", key, value, min=1, integer=True)
+    check_number("stream 'blobs'", "n_test_per_class", n_test_per_class, min=0, integer=True)
+    check_number("stream 'blobs'", "separation", separation, min=0.0)
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape):
+        raise ConfigError(f"stream 'blobs': input_shape must be positive integers, got {shape}")
+    check_memory("stream 'blobs'", "n_per_class", 2 * 4 * C * (n_per_class + n_test_per_class)
+                 * (dim + 2), fix="lower n_per_class (or n_experiences, input_shape)")
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(C, dim, generator=g) * separation / math.sqrt(dim) * 2
 

@@ -104,8 +104,13 @@ class SignalBuffer:
         values = state_tensor(state, "values", owner=owner, shape=(None,), dtype="float",
                               finite=True)
         at = state_get(state, "at", owner=owner)
+        from lifelong.validation import loading_counters
+
+        top = loading_counters().get("samples_seen")
+        top = top if isinstance(top, int) else None
         if not isinstance(at, list) or len(at) != len(values) or not all(
-                isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in at):
+                isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= (
+                    top if top is not None else a) for a in at):
             raise CheckpointError(f"checkpoint state of plugin {owner!r}: the pending signals' "
                                   f"positions {str(at)[:60]} do not match its {len(values)} "
                                   "values; the checkpoint is corrupted")
@@ -119,8 +124,13 @@ class SignalBuffer:
 
 def _positions(value: Any, owner: str) -> list[int]:
     """Sample counts at which something fired: a non-decreasing list of integers >= 0."""
+    from lifelong.validation import loading_counters
+
+    top = loading_counters().get("samples_seen")
+    top = top if isinstance(top, int) else None
     ok = isinstance(value, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= (top if top is not None
+                                                                      else v) for v in value)
     if not ok or any(a > b for a, b in zip(value, value[1:])):
         raise CheckpointError(f"checkpoint state of plugin {owner!r}: detections "
                               f"{str(value)[:60]} are not a sorted list of sample counts; the "

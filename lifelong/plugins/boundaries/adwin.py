@@ -37,6 +37,7 @@ import torch
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
+from lifelong.validation import check_number
 
 __all__ = ["ADWIN"]
 
@@ -49,6 +50,11 @@ class ADWIN(_RiverDetector):
     def __init__(self, *, delta: float = 0.002, clock: int = 32, max_buckets: int = 5,
                  min_window_length: int = 5, grace_period: int = 10, signal: str = "loss",
                  sync_every: int | None = None) -> None:
+        check_number(f"plugin {self.name!r}", "delta", delta, above=0.0, max=1.0)
+        check_number(f"plugin {self.name!r}", "clock", clock, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "max_buckets", max_buckets, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "min_window_length", min_window_length, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "grace_period", grace_period, min=1, integer=True)
         check_signal("adwin", signal, sync_every)
         if not 0.0 < delta < 1.0:
             raise ConfigError(f"plugin 'adwin': delta is a significance level in (0, 1), got {delta}")
@@ -87,8 +93,8 @@ class ADWIN(_RiverDetector):
         blob = blob_t.numpy().tobytes()
         digest = state.get("sha256")
         if digest is not None and digest != hashlib.sha256(blob).hexdigest():
-            raise CheckpointError(f"{who}: the ADWIN window does not match its checksum; the "
-                                  "checkpoint is corrupted")
+            raise CheckpointError(f"{who}: the ADWIN window (written by river {written_by}) does "
+                                  "not match its checksum; the checkpoint is corrupted")
         if not isinstance(state_get(state, "drift_detected", owner=self.name), bool):
             raise CheckpointError(f"{who}: drift_detected must be true or false; the checkpoint "
                                   "is corrupted")

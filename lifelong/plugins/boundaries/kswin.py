@@ -26,6 +26,7 @@ from typing import Any
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
+from lifelong.validation import check_number
 
 __all__ = ["KSWIN"]
 
@@ -37,6 +38,10 @@ class KSWIN(_RiverDetector):
 
     def __init__(self, *, alpha: float = 0.005, window_size: int = 100, stat_size: int = 30,
                  signal: str = "loss", sync_every: int | None = None, seed: int = 0) -> None:
+        check_number(f"plugin {self.name!r}", "alpha", alpha, above=0.0, max=1.0)
+        check_number(f"plugin {self.name!r}", "window_size", window_size, min=2, integer=True)
+        check_number(f"plugin {self.name!r}", "stat_size", stat_size, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         check_signal("kswin", signal, sync_every)
         if not 0 < stat_size < window_size:
             raise ConfigError(f"plugin 'kswin': need 0 < stat_size < window_size, got "

@@ -23,6 +23,7 @@ from typing import Any
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import _RiverDetector, check_signal
+from lifelong.validation import check_number
 
 __all__ = ["PageHinkley"]
 
@@ -35,6 +36,10 @@ class PageHinkley(_RiverDetector):
     def __init__(self, *, min_instances: int = 30, delta: float = 0.005, threshold: float = 50.0,
                  alpha: float = 1 - 0.0001, mode: str = "both", signal: str = "loss",
                  sync_every: int | None = None) -> None:
+        check_number(f"plugin {self.name!r}", "min_instances", min_instances, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "delta", delta, min=0.0)
+        check_number(f"plugin {self.name!r}", "threshold", threshold, above=0.0)
+        check_number(f"plugin {self.name!r}", "alpha", alpha, above=0.0, max=1.0)
         check_signal("page_hinkley", signal, sync_every)
         if mode not in ("up", "down", "both"):
             raise ConfigError(f"plugin 'page_hinkley': mode must be 'up', 'down' or 'both', "

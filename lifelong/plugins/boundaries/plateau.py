@@ -48,6 +48,7 @@ import torch
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.boundaries._signal import SignalBuffer, batch_signal, check_signal, resolve_sync
+from lifelong.validation import check_number
 
 __all__ = ["Plateau", "PlateauRule", "plateau_boundaries"]
 
@@ -124,6 +125,9 @@ class Plateau:
 
     def __init__(self, *, window: int = 5, mean_threshold: float = 0.2,
                  variance_threshold: float = 0.1, sync_every: int | None = None) -> None:
+        check_number(f"plugin {self.name!r}", "window", window, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "mean_threshold", mean_threshold, above=0.0)
+        check_number(f"plugin {self.name!r}", "variance_threshold", variance_threshold, above=0.0)
         check_signal("plateau", "loss", sync_every)
         if not isinstance(window, int) or window < 1:
             raise ConfigError(f"plugin 'plateau': window must be a positive integer, got {window!r}")

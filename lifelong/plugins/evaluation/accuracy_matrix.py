@@ -51,9 +51,15 @@ class AccuracyMatrix:
         return {"rows": self.rows_, "rows_task_il": self.rows_task_il_, "initial": self.initial_}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows_ = [list(r) for r in state["rows"]]
-        self.rows_task_il_ = [list(r) for r in state["rows_task_il"]]
-        self.initial_ = state["initial"]
+        from lifelong.validation import state_floats
+
+        rows = state_floats(state, "rows", owner=self.name, min=0.0, max=1.0, depth=2)
+        rows_t = state_floats(state, "rows_task_il", owner=self.name, min=0.0, max=1.0, depth=2)
+        initial = state_floats(state, "initial", owner=self.name, min=0.0, max=1.0,
+                               allow_none=True)
+        self.rows_ = [list(r) for r in rows]
+        self.rows_task_il_ = [list(r) for r in rows_t]
+        self.initial_ = None if initial is None else list(initial)
 
 
 @hookimpl

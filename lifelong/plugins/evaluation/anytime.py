@@ -12,6 +12,7 @@ from typing import Any
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.validation import check_number
 
 __all__ = ["AnytimeAccuracy"]
 
@@ -22,6 +23,7 @@ class AnytimeAccuracy:
     name = "anytime"
 
     def __init__(self, *, every: int = 100) -> None:
+        check_number(f"plugin {self.name!r}", "every", every, min=1, integer=True)
         if every < 1:
             raise ConfigError(f"eval.every must be >= 1, got {every}")
         self.every = every
@@ -48,7 +50,10 @@ class AnytimeAccuracy:
         return {"curve": self.curve_}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.curve_ = [tuple(c) for c in state["curve"]]  # type: ignore[misc]
+        from lifelong.validation import state_floats
+
+        curve = state_floats(state, "curve", owner=self.name, min=0.0, depth=2)
+        self.curve_ = [tuple(c) for c in curve]  # type: ignore[misc]
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.validation import check_number
 
 __all__ = ["Prequential"]
 
@@ -25,6 +26,7 @@ class Prequential:
     name = "prequential"
 
     def __init__(self, *, window: int = 100) -> None:
+        check_number(f"plugin {self.name!r}", "window", window, min=1, integer=True)
         if window < 1:
             raise ConfigError(f"prequential window must be >= 1, got {window}")
         self.window = window
@@ -98,6 +100,22 @@ class Prequential:
                 "open": {"correct": open_hits, "seen": self._n}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from lifelong.errors import CheckpointError
+        from lifelong.validation import state_floats, state_get, state_number
+
+        who = self.name
+        state_floats(state, "windows", owner=who, min=0.0, depth=2)
+        correct = state_number(state, "correct", owner=who, min=0, integer=True)
+        seen = state_number(state, "seen", owner=who, min=0, integer=True)
+        state_number(state, "steps", owner=who, min=0, integer=True)
+        cum = state_number(state, "cum", owner=who, min=0, integer=True)
+        open_ = state_get(state, "open", owner=who)
+        oc = state_number(open_, "correct", owner=who, min=0, integer=True)
+        on = state_number(open_, "seen", owner=who, min=0, integer=True)
+        if correct > seen or oc > on or cum < seen:
+            raise CheckpointError(f"checkpoint state of plugin {who!r}: counts are inconsistent "
+                                  f"(correct {correct} of {seen}, open window {oc} of {on}, "
+                                  f"cumulative {cum}); the checkpoint is corrupted")
         self.windows_ = [tuple(w) for w in state["windows"]]  # type: ignore[misc]
         self.correct_total_, self.seen_total_ = state["correct"], state["seen"]
         self._steps = state["steps"]

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +42,13 @@ class RecentInputs:
     """The last ``capacity`` inputs seen (and their task ids), in a preallocated ring."""
 
     def __init__(self, capacity: int, input_shape: Sequence[int], *, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, owner: str = "recent inputs", key: str = "capacity") -> None:
+        from lifelong.validation import check_memory
+
+        item = torch.empty((), dtype=dtype).element_size()
+        check_memory(owner, key, capacity * (math.prod(input_shape) * item + 8), device=device,
+                     fix=f"lower {key} (it keeps that many inputs of shape "
+                         f"{tuple(input_shape)})")
         self.x = torch.zeros((capacity, *input_shape), dtype=dtype, device=device)
         self.task = torch.zeros(capacity, dtype=torch.long, device=device)
         self.pos = 0     # next slot to write

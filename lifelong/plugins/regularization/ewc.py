@@ -72,6 +72,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
+from lifelong.validation import check_number
 
 __all__ = ["EWC", "OnlineEWC", "ewc_penalty", "fisher_diagonal", "merge_quadratic"]
 
@@ -210,6 +211,11 @@ class EWC:
     def __init__(self, *, ewc_lambda: float = 100.0, mode: str = "separate", gamma: float = 1.0,
                  fisher: str = "sample", fisher_samples: int = 1024, consolidate_every: int = 0,
                  seed: int = 0) -> None:
+        check_number(f"plugin {self.name!r}", "ewc_lambda", ewc_lambda, min=0.0)
+        check_number(f"plugin {self.name!r}", "gamma", gamma, above=0.0, max=1.0)
+        check_number(f"plugin {self.name!r}", "fisher_samples", fisher_samples, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "consolidate_every", consolidate_every, min=0, integer=True)
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         if mode not in MODES:
             raise ConfigError(f"plugin {self.name!r}: mode must be one of {MODES}, got {mode!r}")
         if fisher not in FISHERS:
@@ -253,6 +259,7 @@ class EWC:
     def before_training(self, learner: Any, stream: Any) -> None:
         dtype = next(learner.model.parameters()).dtype
         self._recent = RecentInputs(self.fisher_samples, stream.input_shape, dtype=dtype,
+                                    owner=f"plugin {self.name!r}", key="fisher_samples",
                                     device=learner.device)
         self._gen = torch.Generator(device=learner.device).manual_seed(self.seed)
         self.const_ = torch.zeros((), dtype=dtype, device=learner.device)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.validation import check_number
 
 __all__ = ["LwF", "distillation_loss", "grouped_log_softmax"]
 
@@ -98,6 +99,9 @@ class LwF:
 
     def __init__(self, *, lwf_lambda: float = 1.0, temperature: float = 2.0,
                  multihead: bool = False, consolidate_every: int = 0) -> None:
+        check_number(f"plugin {self.name!r}", "lwf_lambda", lwf_lambda, min=0.0)
+        check_number(f"plugin {self.name!r}", "temperature", temperature, above=0.0)
+        check_number(f"plugin {self.name!r}", "consolidate_every", consolidate_every, min=0, integer=True)
         if not lwf_lambda >= 0:
             raise ConfigError(f"plugin 'lwf': lwf_lambda must be >= 0, got {lwf_lambda}")
         if not temperature > 0:

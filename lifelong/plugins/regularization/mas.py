@@ -54,6 +54,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
+from lifelong.validation import check_number
 
 __all__ = ["MAS", "mas_importance"]
 
@@ -115,6 +116,9 @@ class MAS:
 
     def __init__(self, *, mas_lambda: float = 1.0, importance_samples: int = 1024,
                  consolidate_every: int = 0) -> None:
+        check_number(f"plugin {self.name!r}", "mas_lambda", mas_lambda, min=0.0)
+        check_number(f"plugin {self.name!r}", "importance_samples", importance_samples, min=1, integer=True)
+        check_number(f"plugin {self.name!r}", "consolidate_every", consolidate_every, min=0, integer=True)
         if not mas_lambda >= 0:
             raise ConfigError(f"plugin 'mas': mas_lambda must be >= 0, got {mas_lambda}")
         if importance_samples < 1:
@@ -142,6 +146,7 @@ class MAS:
     def before_training(self, learner: Any, stream: Any) -> None:
         dtype = next(learner.model.parameters()).dtype
         self._recent = RecentInputs(self.importance_samples, stream.input_shape, dtype=dtype,
+                                    owner="plugin 'mas'", key="importance_samples",
                                     device=learner.device)
 
     @hookimpl

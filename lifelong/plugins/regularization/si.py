@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.plugins.regularization._common import fit_to, grow_to, quadratic_penalty, trainable
+from lifelong.validation import check_number
 
 __all__ = ["SI", "path_integral_step_", "si_importance"]
 
@@ -71,6 +72,9 @@ class SI:
     owns = ()
 
     def __init__(self, *, c: float = 0.1, xi: float = 0.1, consolidate_every: int = 0) -> None:
+        check_number(f"plugin {self.name!r}", "c", c, min=0.0)
+        check_number(f"plugin {self.name!r}", "xi", xi, above=0.0)
+        check_number(f"plugin {self.name!r}", "consolidate_every", consolidate_every, min=0, integer=True)
         if not c >= 0:
             raise ConfigError(f"plugin 'si': c must be >= 0, got {c}")
         if not xi > 0:

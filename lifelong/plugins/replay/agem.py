@@ -31,7 +31,9 @@ from torch import Tensor
 
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
+from lifelong.memory.buffer import check_fits
 from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.validation import check_number
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step
@@ -56,6 +58,7 @@ class AGEM:
     owns = ("gradient",)
 
     def __init__(self, *, mem_size: int = 200, batch_size: int = 128, seed: int = 0):
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         check_sizes(self.name, mem_size, batch_size)
         self.mem_size = mem_size
         self.batch_size = batch_size
@@ -64,6 +67,7 @@ class AGEM:
 
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
+        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=0)
         self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
 
     @hookimpl

@@ -32,7 +32,9 @@ from torch import Tensor
 
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
+from lifelong.memory.buffer import check_fits
 from lifelong.stream.base import Batch
+from lifelong.validation import check_number
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step
@@ -53,6 +55,8 @@ class DER:
 
     def __init__(self, *, mem_size: int = 200, batch_size: int = 10, alpha: float = 0.2,
                  seed: int = 0):
+        check_number(f"plugin {self.name!r}", "alpha", alpha, min=0.0)
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         check_sizes(self.name, mem_size, batch_size)
         self.mem_size = mem_size
         self.batch_size = batch_size
@@ -62,6 +66,7 @@ class DER:
 
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
+        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=stream.num_classes)
         self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
 
     @hookimpl
@@ -98,6 +103,7 @@ class DERpp(DER):
 
     def __init__(self, *, mem_size: int = 200, batch_size: int = 128, alpha: float = 0.2,
                  beta: float = 1.0, seed: int = 0):
+        check_number("plugin 'derpp'", "beta", beta, min=0.0)
         super().__init__(mem_size=mem_size, batch_size=batch_size, alpha=alpha, seed=seed)
         self.beta = beta
 

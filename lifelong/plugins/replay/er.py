@@ -30,7 +30,9 @@ from torch import Tensor
 
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
+from lifelong.memory.buffer import check_fits
 from lifelong.stream.base import Batch
+from lifelong.validation import check_number
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step
@@ -45,6 +47,7 @@ class ER:
     owns = ()
 
     def __init__(self, *, mem_size: int = 200, batch_size: int | None = None, seed: int = 0):
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         check_sizes(self.name, mem_size, batch_size)
         self.mem_size = mem_size
         self.batch_size = batch_size
@@ -55,6 +58,7 @@ class ER:
     def before_training(self, learner: Learner, stream: Stream) -> None:
         if self.batch_size is None:  # equal to the stream batch
             check_sizes(self.name, self.mem_size, learner.batch_size, "the stream's batch_size")
+        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=0)
         self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
 
     @hookimpl

@@ -49,9 +49,11 @@ from torch import Tensor
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_buffer_state
+from lifelong.memory.buffer import check_fits
 from lifelong.per_sample import grouped_grads
 from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
 from lifelong.stream.base import Batch
+from lifelong.validation import check_number
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner, Step
@@ -103,6 +105,9 @@ class GEM:
 
     def __init__(self, *, mem_size: int = 5120, memory_strength: float = 0.5, eps: float = 1e-3,
                  seed: int = 0):
+        check_number(f"plugin {self.name!r}", "memory_strength", memory_strength, min=0.0)
+        check_number(f"plugin {self.name!r}", "eps", eps, min=0.0)
+        check_number(f"plugin {self.name!r}", "seed", seed, min=0, max=2**63 - 1, integer=True)
         check_sizes(self.name, mem_size, None)
         if not memory_strength >= 0 or not eps >= 0:
             raise ConfigError(f"plugin 'gem': memory_strength and eps must be >= 0, got "
@@ -117,6 +122,7 @@ class GEM:
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         n_tasks = stream.n_experiences if stream.task_aware else None
+        check_fits(self.name, self.mem_size, stream, learner.device)
         self.buffer_ = Buffer(self.mem_size, selection=Episodic(n_tasks), device=learner.device,
                               seed=self.seed)
         self.task_ = -1

@@ -224,6 +224,15 @@ class GenerativeReplay:
                 "single-head backbone")
         dev = learner.device
         self._shape = tuple(stream.input_shape)
+        from lifelong.validation import check_memory
+
+        d, h, z = math.prod(self._shape), self.hidden, self.latent_dim
+        model_bytes = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+        # VAE weights (2*d*h + 3*h*z) with grads, Adam moments and a frozen copy, plus the
+        # frozen copy of the solver
+        check_memory("plugin 'generative_replay'", "hidden/latent_dim",
+                     5 * 4 * (2 * d * h + 3 * h * z + 2 * h + 2 * z + d) + model_bytes,
+                     device=dev, fix="lower hidden or latent_dim")
         self.generator_ = build_vae(math.prod(self._shape), self.hidden, self.latent_dim,
                                     self.seed + 7919).to(dev)
         self.optimizer_ = torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr,
