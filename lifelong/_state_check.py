@@ -86,6 +86,23 @@ def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) 
             if not _int(idx):
                 raise _bad(f"optimizer parameter index {idx!r} is not an integer")
             shapes[idx] = p.shape
+        for key, ref in mine.items():
+            if key == "params":
+                continue
+            if key not in g:
+                raise _bad(f"the optimizer's parameter group has no {key!r}")
+            v = g[key]
+            same = (isinstance(v, bool) if isinstance(ref, bool) else
+                    v is None if ref is None else
+                    isinstance(v, int | float) and not isinstance(v, bool)
+                    if isinstance(ref, int | float) else
+                    isinstance(v, tuple | list) and len(v) == len(ref)
+                    if isinstance(ref, tuple | list) else True)
+            if not same:
+                raise _bad(f"optimizer setting {key} = {v!r} is not like the run's {ref!r}")
+            if key == "lr" and isinstance(v, int | float) and not math.isclose(
+                    v, ref, rel_tol=1e-9, abs_tol=0.0):
+                raise _bad(f"the optimizer's learning rate is {v!r}, the run's is {ref!r}")
         for key, v in g.items():
             if key == "params" or isinstance(v, bool) or v is None:
                 continue
@@ -94,6 +111,10 @@ def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) 
                 if isinstance(n, int | float) and not isinstance(n, bool) and (
                         not math.isfinite(n) or n < 0 or (key == "lr" and n > 1e6)):
                     raise _bad(f"optimizer setting {key} = {v!r} is out of range")
+    layouts = {tuple(sorted(map(str, e))) for e in st.values() if isinstance(e, Mapping)}
+    if len(layouts) > 1:
+        raise _bad(f"the optimizer's per-parameter states hold different entries "
+                   f"({' vs '.join(map(str, sorted(layouts)))[:120]})")
     for idx, entry in st.items():
         if idx not in shapes:
             raise _bad(f"the optimizer holds state for parameter {idx!r}, which the run lacks")
@@ -125,7 +146,9 @@ def check_rng(rng: Mapping[str, Any]) -> None:
     if not isinstance(t, Tensor) or t.dtype != torch.uint8 or t.shape != (size,):
         got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
         raise _bad(f"the torch RNG state is {got}, expected ({size},) torch.uint8")
-    cuda = rng.get("cuda", [])
+    if "cuda" not in rng:
+        raise _bad("the RNG states have no 'cuda' entry")
+    cuda = rng["cuda"]
     if not isinstance(cuda, list | tuple) or not all(
             isinstance(c, Tensor) and c.dtype == torch.uint8 and c.dim() == 1 for c in cuda):
         raise _bad("the CUDA RNG states are not a list of uint8 tensors")

@@ -78,6 +78,13 @@ class _Interrupted(Exception):
     pass
 
 
+def _counter(payload: dict[str, Any], key: str) -> int:
+    """A counter of a checkpoint for display (0 if unreadable; the load itself checks them)."""
+    c = payload["learner"].get("counters") if isinstance(payload["learner"], dict) else None
+    v = c.get(key) if isinstance(c, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
 RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
 
 
@@ -180,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_free_space(out, estimate_bytes(run.learner))
         checkpointer = Checkpointer(out, run.config, every=every, every_seconds=every_s)
     total = _total_samples(run.stream, run.learner.epochs)
-    where = f"resuming at batch {payload['learner']['counters']['step_index']}" if payload else ""
+    where = f"resuming at batch {_counter(payload, 'step_index')}" if payload else ""
     console.print(f"[bold]lifelong run[/bold] {args.config or args.resume}: {run.stream!r} on "
                   f"{run.learner.device} with {run.threads} thread(s) ({run.threads_rule}), plugins: "
                   f"{', '.join(type(p).__name__ for p in run.plugins) or 'none (fine-tuning)'}"
@@ -200,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     learner = run.learner
     try:
         with Progress(*columns, console=console, disable=args.quiet) as bar:
-            done0 = payload["learner"]["counters"]["samples_seen"] if payload else 0
+            done0 = _counter(payload, "samples_seen") if payload else 0
             task = bar.add_task("training", total=total, rate="-", completed=done0)
             t0 = time.perf_counter()
 

@@ -1025,7 +1025,12 @@ class Learner:
                 self._time_prev = (float(timing["wall_time_s"]), float(timing["eval_time_s"]))
                 self.segments = int(timing["segments"]) + 1
                 self._t_begin, self.eval_time_s = time.perf_counter(), 0.0
-            then = (state.get("env") or {}).get("torch_threads")
+            env = state.get("env", {})
+            then = env.get("torch_threads") if isinstance(env, dict) else -1
+            if then is not None and (not isinstance(then, int) or isinstance(then, bool)
+                                     or then < 1):
+                raise CheckpointError(f"checkpoint: env.torch_threads is {then!r}, expected a "
+                                      "positive integer; the checkpoint is corrupted")
             if then is not None and then != torch.get_num_threads():
                 warnings.warn(f"the checkpoint was written with {then} torch thread(s), this "
                               f"process uses {torch.get_num_threads()}: the resumed run will not "

@@ -492,3 +492,53 @@ def test_bench_failed_run_is_a_row_naming_strategy_stream_and_seed(tmp_path, cap
     rows = {r["strategy"]: r for r in json.loads((out / "bench.json").read_text())}
     assert rows["joint"]["failed_seeds"] == [1] and rows["naive"]["failed_seeds"] == []
     assert rows["joint"]["final_avg_accuracy"] is not None
+
+
+# ---------------------------------------------------------------------------- contract check
+
+
+class _SimpleState:
+    """A plugin whose state is an auxiliary module and a per-parameter dict, loaded plainly."""
+
+    def __init__(self, *, scale: float = 0.1):
+        self.scale = scale
+        self.anchor_: dict = {}
+        self.critic_ = torch.nn.Linear(3, 2)
+
+    from lifelong import hookimpl as _h
+
+    @_h
+    def after_update(self, learner, step):
+        self.anchor_ = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+
+    def state_dict(self):
+        return {"anchor": self.anchor_, "critic": self.critic_.state_dict()}
+
+    def load_state_dict(self, state):
+        self.anchor_ = dict(state["anchor"])
+        self.critic_.load_state_dict(state["critic"])
+
+
+class _LoadsAnything(_SimpleState):
+    """Keeps a growing tensor (empty at first) that it never checks."""
+
+    history_ = torch.zeros(0)
+
+    @_SimpleState._h
+    def after_experience(self, learner, experience):
+        self.history_ = torch.cat([self.history_, torch.ones(1)])
+
+    def state_dict(self):
+        return {**super().state_dict(), "history": self.history_}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.history_ = state["history"]
+
+
+def test_contract_check_passes_a_simple_plugin_without_validation_code_and_catches_one_that_loads_anything():  # noqa: E501
+    from lifelong.testing import check_rejects_corrupted_state
+
+    check_rejects_corrupted_state(_SimpleState)
+    with pytest.raises(AssertionError, match="history"):
+        check_rejects_corrupted_state(_LoadsAnything)

@@ -215,6 +215,9 @@ class _RiverDetector:
                                 owner=self.name,
                                 most=self._sync if self.sync_every is not None else 10)
         new = self._make()
+        if detector is None and self.detector_ is not None:
+            raise CheckpointError(f"checkpoint state of plugin {self.name!r}: the detector state "
+                                  "is missing (null); the checkpoint is corrupted")
         if detector is not None:
             if not isinstance(detector, dict):
                 raise CheckpointError(f"checkpoint state of plugin {self.name!r}: the detector "

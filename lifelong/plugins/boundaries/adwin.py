@@ -89,6 +89,9 @@ class ADWIN(_RiverDetector):
 
         who = "checkpoint state of plugin 'adwin'"
         written_by = state_get(state, "river", owner=self.name)
+        if not isinstance(written_by, str):
+            raise CheckpointError(f"{who}: the river version must be a string, got "
+                                  f"{written_by!r}; the checkpoint is corrupted")
         blob_t = state_tensor(state, "window", owner=self.name, shape=(None,), dtype=torch.uint8)
         blob = blob_t.numpy().tobytes()
         digest = state.get("sha256")

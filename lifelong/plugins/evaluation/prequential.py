@@ -104,7 +104,10 @@ class Prequential:
         from lifelong.validation import state_floats, state_get, state_number
 
         who = self.name
-        state_floats(state, "windows", owner=who, min=0.0, depth=2)
+        windows = state_floats(state, "windows", owner=who, min=0.0, depth=2)
+        if any(len(w) != 2 or w[1] > 1.0 for w in windows):
+            raise CheckpointError(f"checkpoint state of plugin {who!r}: windows must be "
+                                  "(samples, accuracy in [0, 1]) pairs; the checkpoint is corrupted")
         correct = state_number(state, "correct", owner=who, min=0, integer=True)
         seen = state_number(state, "seen", owner=who, min=0, integer=True)
         state_number(state, "steps", owner=who, min=0, integer=True)

@@ -92,8 +92,13 @@ class RecentInputs:
         cap = self.x.shape[0]
         x = state_tensor(state, "x", owner=owner, shape=tuple(self.x.shape), dtype=self.x.dtype,
                          finite=True)
+        from lifelong.validation import loading_learner
+
+        learner = loading_learner()
+        n_tasks = getattr(getattr(learner, "stream", None), "n_experiences", None)
         task = state_tensor(state, "task", owner=owner, shape=tuple(self.task.shape),
-                            dtype=self.task.dtype, min=0)
+                            dtype=self.task.dtype, min=0,
+                            max=n_tasks - 1 if isinstance(n_tasks, int) else None)
         pos = state_number(state, "pos", owner=owner, min=0, max=cap - 1, integer=True)
         count = state_number(state, "count", owner=owner, min=0, max=cap, integer=True)
         self.x.copy_(x)
