@@ -74,8 +74,7 @@ KILLED = {"seed": 3, "device": "cpu",
           "eval": {"every": 60, "window": 20},
           "plugins": [{"name": "er", "mem_size": 50}, {"name": "ewc", "fisher_samples": 64},
                       {"name": "every_n", "every": 40}]}
-VOLATILE = {"wall_time_s", "samples_per_second", "peak_rss_mb", "peak_cuda_mb", "config",
-            "segments"}
+VOLATILE = {"wall_time_s", "samples_per_second", "peak_rss_mb", "peak_cuda_mb", "config"}
 
 
 class Hang(Exception):
@@ -398,6 +397,7 @@ def checkpoint_cases(rng: random.Random, work: Path) -> list[tuple[str, str, Any
             ("schedule every_seconds NaN", lambda p: p.update(
                 schedule={"every": 5, "every_seconds": float("nan")})),
             ("torch_threads = -2", lambda p: p.update(torch_threads=-2)),
+            ("timing NaN", lambda p: p["timing"].update(wall_time_s=float("nan"))),
             ("config changed (lr)", lambda p: p["config"]["train"].update(lr=0.5)),
             ("format 7", lambda p: p.update(format=7)),
             ("learner state a list", lambda p: p.update(learner=[1, 2]))):

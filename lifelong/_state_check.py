@@ -129,7 +129,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) 
             if not v.is_floating_point():
                 raise _bad(f"optimizer state {name} of parameter {idx} has dtype {v.dtype}, "
                            "torch's optimizers keep floating-point state")
-            if v.dim() == 0:
+            if v.dim() == 0 and shapes[idx] != ():  # a step count
                 if not (math.isfinite(float(v)) and float(v) >= 0):
                     raise _bad(f"optimizer state {name} of parameter {idx} is {float(v)!r}")
                 continue
@@ -227,8 +227,7 @@ def check_timing(t: Any) -> None:
 
 def _param_keyed(value: Any, model_state: Mapping[str, Tensor], where: str, depth: int = 0,
                  trainable: set[str] | None = None) -> None:
-    """Dicts keyed by model tensor names hold tensors of those tensors' shapes, one for every
-    trainable parameter (a penalty or snapshot missing a parameter would silently skip it)."""
+    """Dicts keyed by model tensor names hold tensors of those tensors' shapes."""
     if depth > 4 or not isinstance(value, Mapping):
         if isinstance(value, list | tuple) and depth <= 4:
             for i, v in enumerate(value[:64]):
@@ -236,11 +235,6 @@ def _param_keyed(value: Any, model_state: Mapping[str, Tensor], where: str, dept
         return
     keys = list(value)
     if keys and all(isinstance(k, str) and k in model_state for k in keys):
-        missing = [k for k in trainable if k not in value] if trainable is not None else []
-        if missing:
-            raise CheckpointError(f"checkpoint state of {where}: holds tensors for "
-                                  f"{len(keys)} model parameters but not for {missing[0]!r} "
-                                  f"(and {len(missing) - 1} more); {FIX}")
         for k in keys:
             v, ref = value[k], model_state[k]
             if not isinstance(v, Tensor) or v.shape != ref.shape or (

@@ -36,7 +36,7 @@ def _version() -> str:
     return __version__
 
 
-DIGESTED = ("config", "finished", "schedule", "torch_threads", "learner")
+DIGESTED = ("config", "finished", "schedule", "torch_threads", "timing", "learner")
 
 
 def payload_digest(payload: dict[str, Any]) -> str:
@@ -83,6 +83,8 @@ def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dic
     payload = {"format": FORMAT, "lifelong": _version(), "config": config, "finished": finished,
                "written_at": time.time(), "schedule": schedule or {"every": 0, "every_seconds": 0.0},
                "torch_threads": torch.get_num_threads(), "learner": learner.state_dict()}
+    if hasattr(learner, "timing"):
+        payload["timing"] = learner.timing()
     payload["digest"] = payload_digest(payload)
     try:
         with open(tmp, "wb") as fh:
@@ -138,6 +140,10 @@ def load_checkpoint(directory: str | os.PathLike[str], *,
                                   "written with it (changed on disk?); resume from another copy "
                                   "or start the run again")
     payload["schedule"] = _schedule(payload.get("schedule"), path)
+    if payload.get("timing") is not None:
+        from lifelong._state_check import check_timing
+
+        check_timing(payload["timing"])
     threads = payload.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 1):

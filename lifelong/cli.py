@@ -177,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = build(raw)
     if payload is not None:
         check_compatible(payload, run.config, args.resume)
+        run.learner.continue_timing(payload.get("timing"))
         warning = threads_warning(payload)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

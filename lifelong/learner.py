@@ -950,6 +950,20 @@ class Learner:
         return first
 
     # ------------------------------------------------------------------ state
+    def timing(self) -> dict[str, Any]:
+        """The run's time so far (for a checkpoint): wall and eval seconds, segments."""
+        wall, ev = self.run_time()
+        return {"wall_time_s": wall, "eval_time_s": ev, "segments": self.segments}
+
+    def continue_timing(self, timing: dict[str, Any] | None) -> None:
+        """Count the time of the earlier segments of a resumed run (``timing()`` of its
+        checkpoint), so that wall time and throughput cover the whole run."""
+        if timing is None:
+            return
+        _state_check.check_timing(timing)
+        self._time_prev = (float(timing["wall_time_s"]), float(timing["eval_time_s"]))
+        self.segments = int(timing["segments"]) + 1
+
     def run_time(self) -> tuple[float, float]:
         """``(wall, eval)`` seconds of the whole run so far, earlier resumed segments included."""
         now = time.perf_counter() - self._t_begin if self._t_begin is not None else 0.0
@@ -972,8 +986,6 @@ class Learner:
                          "batch_in_experience": self.batch_in_experience,
                          "skipped_batches": self.skipped_batches,
                          "boundaries_detected": list(self.boundaries_detected)},
-            "timing": dict(zip(("wall_time_s", "eval_time_s"), self.run_time()),
-                           segments=self.segments),
             "env": {"torch_threads": torch.get_num_threads()},
         }
 
@@ -1019,12 +1031,6 @@ class Learner:
             if state["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             self.boundaries_detected = [int(b) for b in c["boundaries_detected"]]
-            timing = state.get("timing")
-            if timing is not None:
-                _state_check.check_timing(timing)
-                self._time_prev = (float(timing["wall_time_s"]), float(timing["eval_time_s"]))
-                self.segments = int(timing["segments"]) + 1
-                self._t_begin, self.eval_time_s = time.perf_counter(), 0.0
             env = state.get("env", {})
             then = env.get("torch_threads") if isinstance(env, dict) else -1
             if then is not None and (not isinstance(then, int) or isinstance(then, bool)

@@ -42,8 +42,7 @@ train: {batch_size: 5, optimizer: adam, lr: 0.001}
 eval: {every: 50, window: 20}
 """
 
-VOLATILE = {"wall_time_s", "samples_per_second", "peak_rss_mb", "peak_cuda_mb", "config",
-            "segments"}
+VOLATILE = {"wall_time_s", "samples_per_second", "peak_rss_mb", "peak_cuda_mb", "config"}
 
 
 def config_text() -> str:

@@ -5,8 +5,7 @@ experience (``params_per_experience``: it grows under expansion methods).
 Its ``summary() -> dict`` goes into ``metrics.json``. Wall time and throughput
 cover the whole run: a run resumed from a checkpoint adds the time of its earlier
 segments up to the checkpoint it resumed from (time spent after the last
-checkpoint of a killed segment was lost work and is not counted); ``segments``
-says how many there were.
+checkpoint of a killed segment was lost work and is not counted).
 """
 
 from __future__ import annotations
@@ -64,7 +63,6 @@ class Resources:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_cuda_mb": getattr(self, "_cuda", None),
             "params_per_experience": list(self.params_per_experience_),
-            "segments": getattr(self, "_segments", 1),
         }
 
     def state_dict(self) -> dict[str, Any]:
