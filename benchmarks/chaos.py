@@ -398,7 +398,9 @@ def checkpoint_cases(rng: random.Random, work: Path) -> list[tuple[str, str, Any
                 schedule={"every": 5, "every_seconds": float("nan")})),
             ("torch_threads = -2", lambda p: p.update(torch_threads=-2)),
             ("timing NaN", lambda p: p["timing"].update(wall_time_s=float("nan"))),
-            ("config changed (lr)", lambda p: p["config"]["train"].update(lr=0.5)),
+            # the config stored in a checkpoint is what its run is rebuilt from: an edited
+            # config is a different run (and a plugin may anneal the optimizer's lr, so the
+            # lr in the optimizer state cannot be held to the config's); not attempted
             ("format 7", lambda p: p.update(format=7)),
             ("learner state a list", lambda p: p.update(learner=[1, 2]))):
         cases.append(("corrupted checkpoint", label, lambda c=change: attempt(c)))

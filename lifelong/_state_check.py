@@ -100,9 +100,6 @@ def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) 
                     if isinstance(ref, tuple | list) else True)
             if not same:
                 raise _bad(f"optimizer setting {key} = {v!r} is not like the run's {ref!r}")
-            if key == "lr" and isinstance(v, int | float) and not math.isclose(
-                    v, ref, rel_tol=1e-9, abs_tol=0.0):
-                raise _bad(f"the optimizer's learning rate is {v!r}, the run's is {ref!r}")
         for key, v in g.items():
             if key == "params" or isinstance(v, bool) or v is None:
                 continue
@@ -268,6 +265,31 @@ def _like_template(saved: Any, template: Any, where: str, depth: int = 0) -> Non
                 _like_template(saved[k], v, f"{where}.{k}", depth + 1)
 
 
+def _optimizer_like(value: Any, where: str, depth: int = 0) -> None:
+    """Optimizer states inside a plugin's state (an auxiliary network's): scalar step counts,
+    finite floating moments, the same entries for every parameter."""
+    if depth > 4 or not isinstance(value, Mapping):
+        return
+    if isinstance(value.get("state"), Mapping) and isinstance(value.get("param_groups"), list):
+        st = value["state"]
+        layouts = {tuple(sorted(map(str, e))) for e in st.values() if isinstance(e, Mapping)}
+        if len(layouts) > 1 or any(not isinstance(e, Mapping) for e in st.values()):
+            raise CheckpointError(f"checkpoint state of {where}: its optimizer's per-parameter "
+                                  f"states hold different entries; {FIX}")
+        for idx, entry in st.items():
+            for name, v in entry.items():
+                if not isinstance(v, Tensor):
+                    continue
+                if not v.is_floating_point() or (name == "step" and v.dim() != 0) or not bool(
+                        torch.isfinite(v).all()):
+                    raise CheckpointError(f"checkpoint state of {where}: optimizer state {name} "
+                                          f"of parameter {idx} is {tuple(v.shape)} {v.dtype}"
+                                          f"; {FIX}")
+        return
+    for k, v in value.items():
+        _optimizer_like(v, f"{where}.{k}", depth + 1)
+
+
 def load_plugin(learner: Any, plugin: Any, key: str, states: Mapping[str, Any]) -> None:
     """Generic checks of one plugin's saved state, then its own ``load_state_dict``."""
     name = key.split(":", 1)[-1]
@@ -291,6 +313,17 @@ def load_plugin(learner: Any, plugin: Any, key: str, states: Mapping[str, Any]) 
                                       f" missing; {FIX}")
     if template is not None:
         _like_template(saved, template, who)
+    _optimizer_like(saved, who)
+    if isinstance(saved, Mapping):  # an auxiliary optimizer saved under its attribute's name
+        for k, v in saved.items():
+            opt = getattr(plugin, f"{k}_", None) if isinstance(k, str) else None
+            opt = opt if opt is not None or not isinstance(k, str) else getattr(plugin, k, None)
+            if isinstance(opt, torch.optim.Optimizer) and isinstance(v, Mapping):
+                try:
+                    check_optimizer(opt, v)
+                except CheckpointError as exc:
+                    raise CheckpointError(f"checkpoint state of {who}.{k}: "
+                                          f"{str(exc).removeprefix('checkpoint: ')}") from None
     trainable = {n for n, p in learner.model.named_parameters() if p.requires_grad}
     _param_keyed(saved, learner.model.state_dict(), who, trainable=trainable)
     try:

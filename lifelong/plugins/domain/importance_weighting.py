@@ -134,7 +134,10 @@ class ImportanceWeighting:
         assert self.classifier_ is not None and self.optimizer_ is not None
         self.classifier_.load_state_dict(state["classifier"])
         self.optimizer_.load_state_dict(state["optimizer"])
-        self.last_weights_ = state["last_weights"]
+        from lifelong.validation import state_tensor
+
+        self.last_weights_ = state_tensor(state, "last_weights", owner=self.name, shape=(None,),
+                                          dtype="float", finite=True, min=0.0, allow_none=True)
 
 
 @hookimpl
