@@ -315,9 +315,13 @@ def load_plugin(learner: Any, plugin: Any, key: str, states: Mapping[str, Any]) 
         _like_template(saved, template, who)
     _optimizer_like(saved, who)
     if isinstance(saved, Mapping):  # an auxiliary optimizer saved under its attribute's name
+        opts = [v for v in vars(plugin).values() if isinstance(v, torch.optim.Optimizer)]
+        like = [k for k, v in saved.items() if isinstance(v, Mapping) and "param_groups" in v]
         for k, v in saved.items():
             opt = getattr(plugin, f"{k}_", None) if isinstance(k, str) else None
             opt = opt if opt is not None or not isinstance(k, str) else getattr(plugin, k, None)
+            if opt is None and len(opts) == 1 and like == [k]:  # the plugin's only optimizer
+                opt = opts[0]
             if isinstance(opt, torch.optim.Optimizer) and isinstance(v, Mapping):
                 try:
                     check_optimizer(opt, v)

@@ -127,7 +127,10 @@ class GradNorm:
         assert self.weights_ is not None and self._opt is not None
         with torch.no_grad():
             self.weights_.copy_(state["weights"])
-        self.initial_losses_ = state["initial"]
+        from lifelong.validation import state_tensor
+
+        self.initial_losses_ = state_tensor(state, "initial", owner=self.name, shape=(None,),
+                                            dtype="float", finite=True, allow_none=True)
         self._opt.load_state_dict(state["optimizer"])
 
 

@@ -186,7 +186,10 @@ class MGDAUB:
         return {"alpha": self.alpha_}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.alpha_ = state["alpha"]
+        from lifelong.validation import state_tensor
+
+        self.alpha_ = state_tensor(state, "alpha", owner=self.name, shape=(None,), dtype="float",
+                                   finite=True, min=0.0, allow_none=True)
 
 
 @hookimpl
