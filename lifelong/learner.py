@@ -38,6 +38,7 @@ from lifelong.errors import (
     NonFiniteLossError,
 )
 from lifelong.features import FeatureCapture
+from lifelong.predictions import wants_eval_logits
 from lifelong.stream.base import Batch, EvalSet, Experience, Stream, TaskSpec
 from lifelong.stream.target import TargetSampler
 
@@ -87,11 +88,14 @@ class Step:
     one loss per task (``ce/<task>``, ``mse/<task>``; no ``"ce"``) and
     ``logits`` is the output of the stream's first classification task
     (``None`` if every task is a regression). ``outputs`` is ``None`` otherwise.
+    ``eval_logits``: the stream rows' eval-mode logits before the update, when a
+    plugin scores the stream and the model has a train/eval-dependent module
+    (read them through :func:`lifelong.predictions.prequential_logits`).
     """
 
     __slots__ = ("index", "batch", "experience", "n_stream", "logits", "losses", "loss",
                  "replays", "_owners", "scratch", "predict_logits", "target", "target_rows",
-                 "outputs")
+                 "outputs", "eval_logits")
 
     def __init__(self, index: int, batch: Batch, experience: Experience | None) -> None:
         self.index = index
@@ -108,6 +112,7 @@ class Step:
         self.target: Tensor | None = None
         self.target_rows: slice | None = None
         self.outputs: dict[str, Tensor] | None = None
+        self.eval_logits: Tensor | None = None
 
     @property
     def stream_logits(self) -> Tensor:
@@ -331,6 +336,7 @@ class Learner:
         self.target = target
         self._target: TargetSampler | None = None
         self._needs_target = any("target" in getattr(p, "requires", ()) for p in self.plugins)
+        self._eval_stream = wants_eval_logits(self.model, self.plugins)
         self._tasks: tuple[TaskSpec, ...] = ()  # the stream's tasks (multi-target streams)
         # per-task gradient methods read the graph after backward (lifelong.plugins.multitask)
         self._retain_graph = any("task_gradients" in getattr(p, "requires", ())
@@ -660,6 +666,7 @@ class Learner:
         if self._features is not None:
             self._features.rebind(self.model)
         self._task_conditioned = bool(getattr(self.model, "task_conditioned", False))
+        self._eval_stream = wants_eval_logits(self.model, self.plugins)
         self.optimizer = self._make_optimizer()
 
     def _regrow(self, state: dict[str, Any]) -> set[str]:
@@ -695,6 +702,8 @@ class Learner:
         step = Step(self.step_index, batch, experience)
         if batch.predict is not None and len(batch.predict):
             step.predict_logits = self.predict(batch.predict)
+        if self._eval_stream and not self._tasks:  # test-then-train scoring (predictions.py)
+            step.eval_logits = self.predict(batch)
         x, y, task = batch.x, batch.y, batch.task
         if hooks.has["replay_batch"]:
             pairs = hooks.replay_batch(self, step)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.predictions import prequential_logits
 
 __all__ = ["SignalBuffer", "batch_signal", "check_signal", "resolve_sync", "SIGNALS"]
 
@@ -51,13 +52,15 @@ SIGNALS = ("loss", "error")
 def batch_signal(step: Any, signal: str) -> Tensor:
     """The per-batch drift signal as a 0-d device tensor (no host sync).
 
-    ``"loss"``: the stream cross-entropy of the step (computed before the
-    update, so it is a test-then-train loss); ``"error"``: the fraction of
-    the stream rows the model got wrong in that same forward pass.
+    ``"loss"``: the stream cross-entropy of the step (the training forward,
+    computed before the update); ``"error"``: the fraction of the stream rows
+    the model got wrong when predicting them before the update in evaluation
+    mode, the same predictions prequential accuracy scores
+    (:func:`lifelong.predictions.prequential_logits`).
     """
     if signal == "loss":
         return step.losses["ce"].detach()
-    wrong = step.stream_logits.detach().argmax(1) != step.batch.y
+    wrong = prequential_logits(step).argmax(1) != step.batch.y
     return wrong.float().mean()
 
 
@@ -159,6 +162,11 @@ class _RiverDetector:
 
     signal: str
     sync_every: int | None
+
+    @property
+    def scores_stream(self) -> bool:
+        """The error signal needs eval-mode predictions before the update (predictions.py)."""
+        return self.signal == "error"
 
     def _make(self) -> Any:  # the river detector, from the stored parameters
         raise NotImplementedError

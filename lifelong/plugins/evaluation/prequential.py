@@ -1,8 +1,12 @@
 """Test-then-train accuracy on the stream itself
 (Dawid 1984; Gama et al. 2013): each batch is predicted before it is
-trained on. Counted on the device, synced once per window. With delayed
-labels (``Batch.predict``) the predictions scored are those made when
-the samples arrived, before their labels were known.
+trained on, by the model as it stands before the update, in evaluation
+mode (dropout off, batch norm on its running statistics; see
+:mod:`lifelong.predictions`: the training forward's logits are reused only
+when the model provably behaves the same in both modes). Counted on the
+device, synced once per window. With delayed labels (``Batch.predict``)
+the predictions scored are those made when the samples arrived, before
+their labels were known.
 
 Its ``summary() -> dict`` goes into ``metrics.json``.
 """
@@ -15,6 +19,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.predictions import prequential_logits
 from lifelong.validation import check_number
 
 __all__ = ["Prequential"]
@@ -24,6 +29,7 @@ class Prequential:
     """Test-then-train accuracy on the stream, overall and per window of ``window`` batches."""
 
     name = "prequential"
+    scores_stream = True  # the learner gives eval-mode logits before the update (predictions.py)
 
     def __init__(self, *, window: int = 100) -> None:
         check_number(f"plugin {self.name!r}", "window", window, min=1, integer=True)
@@ -46,7 +52,7 @@ class Prequential:
         if step.logits is None:  # multi-target stream without a classification task
             hit, n = None, 0
         elif arrived is None:  # labels come with the samples: score this step's forward pass
-            hit = (step.stream_logits.detach().argmax(1) == step.batch.y).sum()
+            hit = (prequential_logits(step).argmax(1) == step.batch.y).sum()
             n = step.n_stream
         elif step.predict_logits is not None:  # delayed labels: score the arrivals' predictions
             hit = (step.predict_logits.argmax(1) == arrived.y).sum()
