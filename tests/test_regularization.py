@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong import CompositionError, ConfigError, Learner, hookimpl
+from lifelong import CompositionError, ConfigError, Learner, NonFiniteLossError, hookimpl
 from lifelong.backbones import mlp
 from lifelong.plugins.evaluation import AccuracyMatrix
 from lifelong.plugins.regularization.ewc import EWC, OnlineEWC, ewc_penalty, fisher_diagonal, merge_quadratic
@@ -392,8 +392,9 @@ def _footprint(state) -> tuple[int, int]:
 def test_state_does_not_grow_with_the_number_of_consolidations(name):
     stream = tiny_stream(task_aware=False, n_per_class=40)
     # SGD at lr 0.05 is stable only while lr * ewc_lambda * max F < 2 (see ewc.py): this
-    # test is about the state's size, so EWC gets a strength well inside that bound
-    kw = {"ewc_lambda": 10.0} if "ewc" in name else {}
+    # test is about the state's size, so EWC gets a strength well inside that bound; MAS's
+    # importance adds up over 8+ consolidations: lambda 0.5 keeps SGD 0.05 stable on it
+    kw = {"ewc_lambda": 10.0} if "ewc" in name else {"mas_lambda": 0.5} if name == "mas" else {}
     plugin = REGULARIZERS[name](consolidate_every=3, **kw)
     learner = make_learner([plugin], stream)
     learner.fit(stream, stop_after=7)
@@ -440,7 +441,9 @@ class _GrowHead:
 def test_all_compose_with_each_other_replay_and_expansion():
     stream = tiny_stream()
     plugins = [cls() for cls in (EWC, SI, LwF, MAS)] + [_Replay(), _GrowHead()]
-    learner = make_learner(plugins, stream)
+    # all four penalties at their defaults add up: SGD 0.05 is unstable on their sum (MAS's
+    # check refuses it after the third experience), 0.01 is not
+    learner = make_learner(plugins, stream, lr=0.01)
     learner.fit(stream)
     assert learner.model.head.out_features == stream.num_classes + 4
     for p in learner.model.parameters():
@@ -484,3 +487,24 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(f"lifelong.plugins.regularization.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_mas_refuses_sgd_that_diverges_on_its_penalty(monkeypatch):
+    # lr * 2 * mas_lambda * max Omega > 2: the cause of MAS's NaN loss with SGD 0.1
+    stream = tiny_stream()
+    with pytest.raises(ConfigError, match=r"plugin 'mas'.*curvature.*lower train.lr below"):
+        make_learner([MAS(mas_lambda=100.0)], stream, lr=0.05).fit(stream)
+    monkeypatch.setattr(MAS, "check_stable", lambda self, learner: None)
+    with pytest.raises(NonFiniteLossError):   # without the check: the NaN the user met
+        make_learner([MAS(mas_lambda=100.0)], stream, lr=0.05).fit(stream)
+    make_learner([MAS(mas_lambda=100.0)], stream, lr=0.05, optimizer="adam").fit(stream)
+
+
+def test_sgd_instability_bound_with_momentum():
+    from lifelong.plugins.regularization._common import sgd_instability
+    m = torch.nn.Linear(1, 1, bias=False)
+    h = {"weight": torch.tensor([[30.0]])}
+    assert sgd_instability(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), m, h) is None
+    assert sgd_instability(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True),
+                           m, h) is not None        # 2 (1 + m) / (1 + 2 m) = 1.36 < 3
+    assert sgd_instability(torch.optim.Adam(m.parameters(), lr=0.1), m, h) is None

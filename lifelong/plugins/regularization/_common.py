@@ -10,6 +10,9 @@
   chunks whose size bounds the memory of the per-sample gradients.
 * :func:`quadratic_penalty`: ``sum_i w_i (theta_i - anchor_i)^2``, the penalty
   EWC, SI and MAS share.
+* :func:`sgd_instability`: whether plain or momentum SGD diverges on a
+  quadratic penalty of the given per-parameter curvature (the check MAS
+  runs at each consolidation).
 * :func:`fit_to`, :func:`grow_to`: how stored per-parameter tensors meet a
   parameter that an expansion plugin grew (the old block is penalized, new
   units are free until the next consolidation).
@@ -29,7 +32,7 @@ from torch.func import functional_call
 from lifelong.errors import CompositionError
 
 __all__ = ["RecentInputs", "functional", "chunk_size", "eval_mode", "quadratic_penalty",
-           "fit_to", "grow_to", "trainable", "CHUNK_ELEMENTS"]
+           "fit_to", "grow_to", "trainable", "sgd_instability", "CHUNK_ELEMENTS"]
 
 #: Per-sample gradient elements held at once (16 MiB of float32): small enough to stay
 #: cache-friendly on CPU, large enough that per-chunk overhead does not dominate.
@@ -186,3 +189,42 @@ def quadratic_penalty(params: Mapping[str, Tensor], anchors: Mapping[str, Tensor
     if total is None:
         return torch.zeros(())
     return total
+
+
+def sgd_instability(optimizer: Any, model: nn.Module,
+                    curvature: Mapping[str, Tensor]) -> tuple[str, float, float, float] | None:
+    """The worst parameter on which SGD is unstable for a diagonal quadratic penalty, or ``None``.
+
+    Gradient descent with step ``lr`` on ``h/2 * (theta - a)^2`` multiplies
+    ``theta - a`` by ``1 - lr * h`` every step: it diverges once ``lr * h > 2``
+    (heavy-ball momentum ``m``: ``lr * h > 2 (1 + m)``; Nesterov:
+    ``lr * h > 2 (1 + m) / (1 + 2 m)``), whatever the rest of the loss does.
+    ``curvature`` maps parameter names to ``h`` (weight decay is added). Returns
+    ``(name, h, lr, largest stable lr)`` for the parameter with the largest
+    ``lr * h`` relative to its limit. Adaptive optimizers (not ``torch.optim.SGD``)
+    rescale steps per parameter and are not checked.
+
+    >>> m = nn.Linear(1, 1, bias=False)
+    >>> opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    >>> name, h, lr, safe = sgd_instability(opt, m, {"weight": torch.tensor([[30.0]])})
+    >>> name, h, lr, round(safe, 4)
+    ('weight', 30.0, 0.1, 0.0667)
+    >>> sgd_instability(opt, m, {"weight": torch.tensor([[10.0]])}) is None
+    True
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    worst: tuple[float, tuple[str, float, float, float]] | None = None
+    for group in optimizer.param_groups:
+        lr, m = float(group["lr"]), float(group.get("momentum", 0.0))
+        limit = 2 * (1 + m) / (1 + 2 * m) if group.get("nesterov") else 2 * (1 + m)
+        for p in group["params"]:
+            h = curvature.get(names.get(id(p), ""))
+            if h is None or h.numel() == 0:
+                continue
+            hmax = float(h.max()) + float(group.get("weight_decay", 0.0))
+            ratio = lr * hmax / limit
+            if ratio >= 1 and (worst is None or ratio > worst[0]):
+                worst = (ratio, (names[id(p)], hmax, lr, limit / hmax))
+    return None if worst is None else worst[1]
