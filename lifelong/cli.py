@@ -51,7 +51,11 @@ def check_out_dir(out: str) -> Path:
 
 
 def _total_samples(stream: Any, epochs: int) -> int | None:
+    """Training samples of the run, for the progress bar: ``None`` only when unknowable."""
     n = stream.meta.get("n_train") if hasattr(stream, "meta") else None
+    if n is None and getattr(stream, "n_experiences", None) is not None:
+        sizes = [getattr(e, "n_samples", None) for e in stream.experiences()]
+        n = None if any(k is None for k in sizes) else sum(sizes)
     return None if n is None else n * epochs
 
 
@@ -277,6 +281,10 @@ def _render_result(console: Any, m: dict[str, Any]) -> None:
     console.print(s)
 
 
+PLURALS = {"stream": "streams", "backbone": "backbones", "plugin": "plugins",
+           "strategy": "strategies"}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -284,19 +292,36 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     reg = get_registry()
     console = _console()
-    kinds = [args.kind] if args.kind else list(KINDS)
+    singular = {v: k for k, v in PLURALS.items()}
+    kinds = [singular.get(args.kind, args.kind)] if args.kind else list(KINDS)
     for kind in kinds:
-        t = Table(title=f"{kind}s")
-        t.add_column("name")
-        t.add_column("from")
-        t.add_column("parameters")
-        t.add_column("summary")
-        for e in reg.entries(kind):
-            params = ", ".join(f"{k}={p.default!r}" if p.default is not p.empty else k
-                               for k, p in e.parameters().items()
-                               if k not in ("input_shape", "num_classes"))
-            t.add_row(e.name, e.origin, params, e.summary)
+        t = Table(title=PLURALS[kind])
+        grouped = kind == "plugin"
+        entries = reg.entries(kind)
+        rows = []
+        if grouped:  # built-in families first, alphabetically; installed packages after
+            entries = sorted(entries, key=lambda e: (e.origin != "built-in", e.family, e.name))
+        for i, e in enumerate(entries):
+            params = "\n".join(f"{k}={p.default!r}" if p.default is not p.empty else k
+                                for k, p in e.parameters().items()
+                                if k not in ("input_shape", "num_classes"))
+            first = i == 0 or entries[i - 1].family != e.family
+            last = i + 1 == len(entries) or entries[i + 1].family != e.family
+            family = [(e.family or "-") if first else ""] if grouped else []
+            rows.append(([*family, e.name, e.origin, params, e.summary], grouped and last))
+        # every column but the summary as wide as its longest line: nothing is ever cut
+        heads = (["family"] if grouped else []) + ["name", "from", "parameters"]
+        widths = [max([len(h)] + [len(line) for r, _ in rows for line in r[c].splitlines()])
+                  for c, h in enumerate(heads)]
+        for h, w in zip(heads, widths):
+            t.add_column(h, no_wrap=True, min_width=w)
+        t.add_column("summary", overflow="fold", min_width=24)
+        for r, end in rows:
+            t.add_row(*r, end_section=end)
+        console.width = max(console.width, sum(widths) + 24 + 3 * len(widths) + 4)
         console.print(t)
+    for key, err in reg.broken.items():
+        console.print(f"not loaded: {key}: {err}")
     return 0
 
 
@@ -456,7 +481,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from lifelong import __version__
+
     p = argparse.ArgumentParser(prog="lifelong", description="Continual learning on data streams.")
+    p.add_argument("--version", action="version", version=f"lifelong {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment from a YAML config")
     r.add_argument("config", nargs="?", help="YAML run config (optional with --resume)")
@@ -474,7 +502,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="CPU threads (sets train.threads; default auto: a rule from the step's FLOPs)")
     r.set_defaults(func=cmd_run)
     ls = sub.add_parser("list", help="list streams, backbones, plugins and strategies")
-    ls.add_argument("kind", nargs="?", choices=("stream", "backbone", "plugin", "strategy"))
+    ls.add_argument("kind", nargs="?", choices=("stream", "backbone", "plugin", "strategy",
+                                               *PLURALS.values()))
     ls.set_defaults(func=cmd_list)
     b = sub.add_parser("bench", help="strategies x streams x seeds, in-process")
     b.add_argument("--config", help="base YAML config")

@@ -200,3 +200,40 @@ def test_examples_are_valid_configs():
     assert examples
     for path in examples:
         resolve(load_yaml(path))
+
+
+def test_list_groups_plugins_by_family_and_never_cuts_parameters(capsys):
+    from lifelong.registry import get_registry
+
+    code, out, _ = run_cli(["list", "plugins"], capsys)     # the plural is accepted
+    assert code == 0
+    for family in ("boundaries", "evaluation", "regularization", "replay"):
+        assert family in out
+    assert out.index("boundaries") < out.index("adwin") < out.index("evaluation") \
+        < out.index("prequential") < out.index("regularization") < out.index("ewc") \
+        < out.index("replay") < out.index("der")
+    assert "…" not in out
+    reg = get_registry()
+    for e in reg.entries("plugin"):
+        assert e.family in ("boundaries", "evaluation", "regularization", "replay") \
+            or e.origin != "built-in", e
+        for k, p in e.parameters().items():       # every parameter in full, at 80 columns
+            assert (f"{k}={p.default!r}" if p.default is not p.empty else k) in out
+    code, out, _ = run_cli(["list"], capsys)
+    assert "strategies" in out and "strategys" not in out
+
+
+def test_version(capsys):
+    from lifelong import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_progress_total_known_for_streams_of_known_length():
+    from lifelong.cli import _total_samples
+    from lifelong.stream.catalog import split_digits
+
+    stream = split_digits()
+    assert _total_samples(stream, 2) == 2 * sum(e.n_samples for e in stream.experiences())
