@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -99,6 +100,17 @@ class Entry:
         doc = inspect.getdoc(self.factory) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
+    @property
+    def family(self) -> str:
+        """The method family: ``<family>`` of ``lifelong.plugins.<family>.<module>`` for
+        built-in plugins, the distribution name for an installed package's, else ``""``."""
+        if self.origin != "built-in":
+            return self.origin
+        parts = (getattr(self.factory, "__module__", "") or "").split(".")
+        if len(parts) >= 4 and parts[:2] == ["lifelong", "plugins"]:
+            return parts[2]
+        return ""
+
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The keyword parameters the factory accepts (what YAML may set)."""
         target = self.factory
@@ -115,6 +127,8 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self._origin = "built-in"
+        #: installed entry points that failed to load: "<dist> (<entry point>)" -> the error
+        self.broken: dict[str, str] = {}
 
     def add(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
         """Register ``factory`` as ``name`` of ``kind`` (stream, backbone, plugin, strategy)."""
@@ -131,8 +145,10 @@ class Registry:
         if name not in table:
             close = difflib.get_close_matches(name, table, n=3)
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            broken = "".join(f"; installed package {k} failed to load and may provide it: {v}"
+                             for k, v in self.broken.items())
             raise RegistryError(f"unknown {kind} {name!r}{hint}; known {kind}s: "
-                                f"{', '.join(sorted(table)) or 'none'}")
+                                f"{', '.join(sorted(table)) or 'none'}{broken}")
         return table[name]
 
     def names(self, kind: str) -> list[str]:
@@ -164,14 +180,17 @@ def build_registry(*, load_entry_points: bool = True) -> Registry:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value
             reg._origin = dist
-            try:
+            try:  # a broken third-party package must not stop runs that do not use it
                 obj = ep.load()
-            except Exception as exc:  # a broken third-party package must not stop the rest
-                raise RegistryError(f"entry point {ep.name!r} of {dist} failed to load: {exc}") from exc
-            pm = _plugin_manager()
-            pm.register(obj, name=f"{dist}:{ep.name}")
-            pm.check_pending()
-            pm.hook.register(registry=reg)
+                pm = _plugin_manager()
+                pm.register(obj, name=f"{dist}:{ep.name}")
+                pm.check_pending()
+                pm.hook.register(registry=reg)
+            except Exception as exc:
+                key = f"{dist} (entry point {ep.name!r})"
+                reg.broken[key] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"lifelong: skipping installed package {key}, which failed to load "
+                              f"({type(exc).__name__}: {exc}); fix or uninstall it", stacklevel=2)
         reg._origin = "built-in"
     return reg
 
