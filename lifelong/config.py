@@ -372,7 +372,14 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
     delay = params.pop("label_delay", None)
     if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or delay < 0):
         raise ConfigError(f"stream.label_delay: expected a non-negative int (batches), got {delay!r}")
+    free = None
+    if "task_free" in params and "task_free" not in reg.get("stream", name).parameters():
+        free = params.pop("task_free")  # any stream: the learner is not told its boundaries
+        if not isinstance(free, bool):
+            raise ConfigError(f"stream.task_free: expected true or false, got {free!r}")
     cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream")}
+    if free is not None:
+        cfg["stream"]["task_free"] = free
     if delay is not None:
         cfg["stream"]["label_delay"] = delay
     if cfg.get("target") is not None:

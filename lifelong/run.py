@@ -30,6 +30,7 @@ from lifelong.plugins.evaluation import (
     TaskMetrics,
 )
 from lifelong.registry import Registry, get_registry
+from lifelong.stream import scenarios
 from lifelong.stream.base import Stream
 from lifelong.stream.delay import label_delay
 from lifelong.stream.transforms import TRANSFORMS
@@ -65,6 +66,16 @@ def make_plugin(name: str, params: dict[str, Any], *, seed: int,
         raise ConfigError(f"plugin {name!r}: {exc}") from exc
 
 
+def hide_boundaries(stream: Stream, task_free: bool) -> Stream:
+    """``stream.task_free`` for a stream whose factory has no such parameter."""
+    if task_free and stream.task_aware:
+        return scenarios.task_free(stream)
+    if not task_free and not stream.task_aware:
+        raise ConfigError(f"stream.task_free: false, but stream {stream.name!r} is task-free by "
+                          "construction (it has no boundaries to announce); drop the key")
+    return stream
+
+
 def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     """Validate ``raw`` and build the stream, model, plugins and learner."""
     reg = registry or get_registry()
@@ -75,10 +86,13 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     sentry = reg.get("stream", cfg["stream"]["name"])
     if "seed" in sentry.parameters() and "seed" not in sparams:
         sparams["seed"] = seed
+    free = sparams.pop("task_free", None) if "task_free" not in sentry.parameters() else None
     from lifelong.validation import check_stream_params
 
     check_stream_params(cfg["stream"]["name"], sparams)
     stream: Stream = sentry.factory(**sparams)
+    if free is not None:
+        stream = hide_boundaries(stream, free)
     target: Stream | None = None
     if cfg.get("target") is not None:  # the unlabeled target domain: same names and adapters
         tparams = {k: v for k, v in cfg["target"].items() if k != "name"}

@@ -122,8 +122,9 @@ def _from_run(directory: Path, owner: str) -> tuple[dict[str, Any], dict[str, Te
     from lifelong.registry import get_registry
 
     reg = get_registry()
-    sparams = {k: v for k, v in cfg["stream"].items() if k not in ("name", "label_delay")}
-    stream = reg.get("stream", cfg["stream"]["name"]).factory(**sparams)
+    sentry = reg.get("stream", cfg["stream"]["name"])
+    skip = ("name", "label_delay") + (("task_free",) if "task_free" not in sentry.parameters() else ())
+    stream = sentry.factory(**{k: v for k, v in cfg["stream"].items() if k not in skip})
     return model_description(cfg, stream.input_shape, stream.num_classes), weights
 
 

@@ -377,3 +377,21 @@ def test_catalog_registers_typed_factories() -> None:
     s = reg.get("stream", "split_digits").factory(n_experiences=2, task_free=True, seed=1)
     assert not s.task_aware and len(s.test) == 2 and isinstance(s.test[0], EvalSet)
     assert inspect.signature(catalog.blurry_mnist).parameters["mode"].default == "blurry"
+
+
+def test_every_stream_takes_task_free():
+    from lifelong.config import resolve
+    from lifelong.errors import ConfigError
+    from lifelong.registry import get_registry
+    from lifelong.run import build
+
+    reg = get_registry()
+    for name in reg.names("stream"):          # the README's promise, for every stream
+        assert resolve({"stream": {"name": name, "task_free": True}}, reg)["stream"]["task_free"]
+    for stream in ({"name": "blobs", "n_per_class": 5},
+                   {"name": "sea_drift", "n_samples": 200, "n_test": 20}):
+        run = build({"stream": {**stream, "task_free": True}, "device": "cpu"})
+        assert not run.stream.task_aware
+    with pytest.raises(ConfigError, match="task-free by construction"):
+        build({"stream": {"name": "sea_drift", "n_samples": 200, "task_free": False},
+               "device": "cpu"})
