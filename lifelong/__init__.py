@@ -15,6 +15,7 @@ from lifelong.errors import (
     NonFiniteLossError,
     RegistryError,
 )
+from lifelong.api import Fitted, fit
 from lifelong.hookspecs import hookimpl
 from lifelong.learner import EvalReport, Learner, Step
 from lifelong.registry import Registry, get_registry
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "CheckpointError", "CompositionError", "ConfigError", "DataError", "EvalReport",
-    "EvalSet", "Experience", "Learner", "LifelongError", "NonFiniteLossError", "Registry",
-    "RegistryError", "Step", "Stream", "build", "execute", "get_registry", "hookimpl",
+    "EvalSet", "Experience", "Fitted", "Learner", "LifelongError", "NonFiniteLossError", "Registry",
+    "RegistryError", "Step", "Stream", "build", "execute", "fit", "get_registry", "hookimpl",
     "run_config", "__version__",
 ]

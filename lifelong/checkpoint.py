@@ -70,6 +70,47 @@ def payload_digest(payload: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+#: What ``torch.load(weights_only=True)`` reads back: tensors and plain data.
+PLAIN = (torch.Tensor, bool, int, float, complex, str, bytes, type(None), torch.dtype,
+         torch.device, torch.Size)
+
+
+def check_state(value: Any, where: str) -> None:
+    """Raise :class:`CheckpointError` naming the first entry of ``value`` a checkpoint cannot hold.
+
+    >>> check_state({"buf": [torch.zeros(2), 3, "a"]}, "plugin 'x' state_dict()")
+    >>> import numpy as np
+    >>> check_state({"buf": np.zeros(2)}, "plugin 'x' state_dict()")
+    Traceback (most recent call last):
+    ...
+    lifelong.errors.CheckpointError: plugin 'x' state_dict()['buf'] is a numpy.ndarray: ...
+    """
+    if isinstance(value, PLAIN):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int | float | bool | type(None)):
+                raise CheckpointError(f"{where} has a key of type {type(k).__name__} ({k!r}); "
+                                      "use strings or numbers as keys")
+            check_state(v, f"{where}[{k!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_state(v, f"{where}[{i}]")
+        return
+    kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    raise CheckpointError(
+        f"{where} is a {kind}: a checkpoint holds only tensors, numbers, strings, lists and "
+        "dicts (it is read with torch.load(weights_only=True), which runs no code); convert it "
+        "in state_dict() (numpy: torch.from_numpy(a), or a.tolist()) and back in load_state_dict()")
+
+
+def check_plugin_states(learner_state: dict[str, Any]) -> None:
+    """Every plugin's ``state_dict()`` in a learner state holds only what a checkpoint may."""
+    for key, state in learner_state.get("plugins", {}).items():
+        check_state(state, f"plugin {key.split(':', 1)[-1]!r} state_dict()")
+
+
 def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dict[str, Any],
                     *, finished: bool = False, schedule: dict[str, Any] | None = None) -> Path:
     """Write ``directory/checkpoint.pt`` atomically (temp file, fsync, rename).
@@ -85,6 +126,7 @@ def save_checkpoint(directory: str | os.PathLike[str], learner: Any, config: dic
                "torch_threads": torch.get_num_threads(), "learner": learner.state_dict()}
     if hasattr(learner, "timing"):
         payload["timing"] = learner.timing()
+    check_plugin_states(payload["learner"])  # before writing: a clear error, not an unreadable file
     payload["digest"] = payload_digest(payload)
     try:
         with open(tmp, "wb") as fh:

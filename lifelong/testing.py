@@ -38,14 +38,17 @@ import functools
 import inspect
 import io
 import pickle
+import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lifelong.backbones import mlp
+from lifelong.checkpoint import check_state
 from lifelong.errors import CompositionError, ConfigError
 from lifelong.learner import Learner
 from lifelong.multitask import shared_bottom
@@ -234,20 +237,37 @@ def check_hooks_match_specs(factory: Factory) -> None:
 
 
 def check_params_stored(factory: Factory) -> None:
+    """Every keyword parameter is an attribute holding the value given.
+
+    For a class, an instance built with no arguments holds the defaults. For any
+    factory (``lambda: P(x=1)``, a ``functools.partial``) the given values are not
+    known, so the check is scikit-learn's clone test: a second instance built from the
+    first one's attributes must hold the very same values (a parameter stored
+    transformed, e.g. ``x * 2``, would come back as ``x * 4``).
+    """
     plugin = factory()
     cls = type(plugin)
     given = getattr(factory, "keywords", {})  # a contract_factory's arguments
     sig = inspect.signature(cls.__init__)
-    for name, p in sig.parameters.items():
-        if name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
-            continue
+    params = {name: p for name, p in sig.parameters.items()
+              if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for name in params:
         assert hasattr(plugin, name), f"{cls.__name__} does not store parameter {name!r}"
-        expected = given.get(name, p.default)
-        if expected is not p.empty and not callable(expected):
-            got = getattr(plugin, name)
-            assert got is expected or got == expected, (
-                f"{cls.__name__}.{name} is {got!r}, the value given was {expected!r}: "
-                "store parameters as given, derive state in hooks")
+    if factory is cls or given:  # the defaults, or a contract_factory's given arguments
+        for name, p in params.items():
+            expected = given.get(name, p.default)
+            if expected is not p.empty and not callable(expected):
+                got = getattr(plugin, name)
+                assert got is expected or got == expected, (
+                    f"{cls.__name__}.{name} is {got!r}, the value given was {expected!r}: "
+                    "store parameters as given, derive state in hooks")
+    stored = {name: getattr(plugin, name) for name in params}
+    clone = cls(**stored)
+    for name, value in stored.items():
+        got = getattr(clone, name)
+        assert got is value or got == value, (
+            f"{cls.__name__}.{name}: built with {value!r} it stores {got!r}: store parameters "
+            "as given, derive state in hooks")
 
 
 def check_runs_and_composes(factory: Factory) -> None:
@@ -294,6 +314,7 @@ def check_state_roundtrip(factory: Factory) -> None:
         pickle.loads(pickle.dumps(plugin))
         return
     state = plugin.state_dict()
+    check_state(state, f"{type(plugin).__name__}.state_dict()")  # names the offending entry
     loaded = _roundtrip(state)  # must hold only tensors and plain data
     assert_same_state(state, loaded, "state_dict after torch.load(weights_only=True)")
     fresh = factory()
@@ -439,10 +460,35 @@ def check_requirements_enforced(factory: Factory) -> None:
                                  "without a detector")
 
 
+def _global_rng_after_run(factory: Factory | None) -> tuple[Any, ...]:
+    stream = _stream_for(factory) if factory is not None else tiny_stream()
+    learner = make_learner([factory()] if factory is not None else [], stream)
+    random.seed(0)
+    np.random.seed(0)
+    learner.fit(stream)  # fit seeds torch's global generator itself
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def check_no_global_rng(factory: Factory) -> None:
+    """The plugin's randomness comes from its own seeded generator, never a global one.
+
+    The global generators (torch, numpy, ``random``) must end a run in the state they
+    end the same run without the plugin: a draw from them would make the run depend on
+    what else touched them, and a resumed run would draw differently.
+    """
+    with_plugin, without = _global_rng_after_run(factory), _global_rng_after_run(None)
+    for name, a, b in zip(("torch", "numpy", "random"), with_plugin, without):
+        same = torch.equal(a, b) if name == "torch" else (
+            bool((a == b).all()) if name == "numpy" else a == b)
+        assert same, (f"the plugin draws from {name}'s global random generator; give it a "
+                      f"seed parameter and a private generator (torch.Generator, "
+                      f"numpy.random.default_rng, random.Random) saved in state_dict()")
+
+
 PLUGIN_CHECKS: tuple[Callable[[Factory], None], ...] = (
     check_hooks_match_specs, check_params_stored, check_runs_and_composes, check_deterministic,
     check_inputs_not_mutated, check_batch_of_one, check_state_roundtrip, check_resume_exact,
-    check_requirements_enforced, check_rejects_corrupted_state,
+    check_requirements_enforced, check_rejects_corrupted_state, check_no_global_rng,
 )
 
 

@@ -324,8 +324,9 @@ def test_from_avalanche_duck_typed() -> None:
 
 def test_errors_are_clear() -> None:
     x, y, xt, yt = toy()
-    with pytest.raises(DataError, match="label 5 is outside the declared classes"):
+    with pytest.raises(DataError, match="label 5 is outside the declared classes") as exc:
         from_tensors(x, y, num_classes=3)
+    assert "num_classes=" in str(exc.value) and "growing" not in str(exc.value)  # no such key
     with pytest.raises(DataError, match="label -1 is negative"):
         class_incremental(x, y - 1, xt, yt)
     nan = x.clone()

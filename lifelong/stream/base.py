@@ -162,7 +162,7 @@ def validate_tensors(
             bad = lo if lo < 0 else hi
             raise DataError(f"{where}: label {bad} is outside the declared classes "
                             f"[0, {num_classes - 1}]; declare num_classes={max(hi + 1, num_classes)}"
-                            " or use a growing head (backbone: {head: growing})")
+                            " (or relabel the data to 0..num_classes-1)")
     if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
         rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
         raise DataError(f"{where}: {rows.numel()} input row(s) contain NaN or inf "
