@@ -6,6 +6,7 @@ detection, evaluation) is a plugin implementing hooks from
 :mod:`lifelong.hookspecs`, and plugins compose.
 """
 
+from lifelong.api import Fitted, fit
 from lifelong.errors import (
     CheckpointError,
     CompositionError,
@@ -15,7 +16,6 @@ from lifelong.errors import (
     NonFiniteLossError,
     RegistryError,
 )
-from lifelong.api import Fitted, fit
 from lifelong.hookspecs import hookimpl
 from lifelong.learner import EvalReport, Learner, Step
 from lifelong.registry import Registry, get_registry
