@@ -1,0 +1,292 @@
+"""Mutation harness: semantic mutations of the methods and metrics; the tests must kill each.
+
+Every entry of :data:`MUTANTS` is one meaning-changing edit (a dropped term,
+an ignored hyper-parameter, a flipped comparison, the wrong row or column)
+of one file of the package, and the tests that should catch it. For each,
+the harness copies ``lifelong/`` to a temporary directory, applies that one
+edit (its ``old`` text must occur exactly once), and runs the named tests
+with ``python -m pytest -x -q`` against the copy (``PYTHONPATH`` points at
+it). A mutant is *killed* when a test fails (pytest exit status 1), *survived*
+when they pass; a collection error or a timeout proves nothing and is
+listed with the survivors.
+``tests/test_mutants.py`` checks, in the normal suite, that every ``old``
+text still occurs exactly once in the current code, so the catalogue cannot
+rot silently when the code changes.
+
+Usage: ``python benchmarks/mutants.py [-k SUBSTRING] [--jobs N]``. Prints a
+table and, as its last line, ``{"mutants": N, "killed": K, "survived": [ids]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str          # path inside the repository
+    old: str           # exact text, occurring once
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files
+    why: str = ""
+
+
+M = Mutant
+T_FID = "tests/test_fidelity.py"
+MUTANTS: tuple[Mutant, ...] = (
+    # ------------------------------------------------------------------ metrics
+    M("forgetting-diagonal", "lifelong/metrics.py",
+      "max(R[l][j] for l in range(T - 1)) - R[-1][j]", "R[j][j] - R[-1][j]",
+      (f"{T_FID}::test_forgetting_takes_the_best_earlier_row_not_the_diagonal",),
+      "forgetting against R[j][j] instead of the best earlier accuracy"),
+    M("fwt-previous-baseline", "lifelong/metrics.py",
+      "R[j - 1][j] - baseline[j]", "R[j - 1][j] - baseline[j - 1]",
+      (f"{T_FID}::test_fwt_uses_the_baseline_of_the_same_column",), "FWT against b[j-1]"),
+    M("bwt-first-row", "lifelong/metrics.py",
+      "R[-1][j] - R[j][j] for j in range(T - 1)", "R[-1][j] - R[0][j] for j in range(T - 1)",
+      ("tests/test_metrics.py",), "BWT against the first row instead of the diagonal"),
+    M("acc-all-rows", "lifelong/metrics.py",
+      "return sum(R[-1]) / len(R[-1])", "return sum(map(sum, R)) / sum(map(len, R))",
+      ("tests/test_metrics.py",), "ACC averaged over every row, not the last"),
+    M("detection-tolerance-inclusive", "lifelong/metrics.py",
+      "if i < 0 or d - cps[i] > tolerance:", "if i < 0 or d - cps[i] >= tolerance:",
+      ("tests/test_metrics.py",), "a detection exactly at the tolerance counted as false alarm"),
+    M("task-il-unmasked", "lifelong/learner.py",
+      "correct_t += ((logits + mask).argmax(1) == y).sum()",
+      "correct_t += (logits.argmax(1) == y).sum()",
+      (f"{T_FID}::test_task_il_accuracy_masks_the_logits",), "Task-IL without the logit mask"),
+    # ------------------------------------------------------------------ prequential
+    M("prequential-after-update", "lifelong/plugins/evaluation/prequential.py",
+      "hit = (prequential_logits(step).argmax(1) == step.batch.y).sum()",
+      "hit = (learner.predict(step.batch).argmax(1) == step.batch.y).sum()",
+      ("tests/test_predictions.py",), "scored by the model after the update"),
+    M("prequential-train-mode", "lifelong/learner.py",
+      "        if self._eval_stream:  # test-then-train",
+      "        if False:  # test-then-train",
+      ("tests/test_predictions.py",), "train-mode logits (dropout, batch norm) scored"),
+    M("dropout-trusted", "lifelong/predictions.py",
+      "nn.LayerNorm, nn.GroupNorm, nn.Embedding,",
+      "nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.Dropout,",
+      ("tests/test_predictions.py",), "dropout counted as mode-free"),
+    M("prequential-window-size", "lifelong/plugins/evaluation/prequential.py",
+      "if self._steps % self.window == 0:", "if self._steps % (self.window + 1) == 0:",
+      (f"{T_FID}::test_prequential_windows_are_window_batches",), "windows one batch too long"),
+    M("error-signal-is-accuracy", "lifelong/plugins/boundaries/_signal.py",
+      "wrong = prequential_logits(step).argmax(1) != step.batch.y",
+      "wrong = prequential_logits(step).argmax(1) == step.batch.y",
+      ("tests/test_taskfree.py::test_error_signal_is_the_batch_error_rate",),
+      "the error signal is the accuracy"),
+    # ------------------------------------------------------------------ EWC
+    M("ewc-latest-only", "lifelong/plugins/regularization/ewc.py",
+      "self.weight_[name], self.center_[name], self.const_ = merge_quadratic(\n"
+      "                    w, c, self.const_, f, theta)",
+      "self.weight_[name], self.center_[name] = f, theta.clone()",
+      (f"{T_FID}::test_ewc_keeps_one_penalty_per_experience",),
+      "EWC keeps only the latest Fisher and anchor"),
+    M("ewc-no-half", "lifelong/plugins/regularization/ewc.py",
+      "return {self.name: 0.5 * self.ewc_lambda * penalty}",
+      "return {self.name: self.ewc_lambda * penalty}",
+      (f"{T_FID}::test_ewc_keeps_one_penalty_per_experience",), "EWC without lambda / 2"),
+    M("online-ewc-gamma-decay", "lifelong/plugins/regularization/ewc.py",
+      "self.weight_[name] = self.gamma * w + f", "self.weight_[name] = w + f",
+      (f"{T_FID}::test_online_ewc_decays_with_gamma",), "online EWC ignores gamma in F*"),
+    M("online-ewc-gamma-penalty", "lifelong/plugins/regularization/ewc.py",
+      "penalty = self.gamma * penalty", "penalty = penalty",
+      (f"{T_FID}::test_online_ewc_decays_with_gamma",), "online EWC ignores gamma in the penalty"),
+    M("ewc-fisher-abs", "lifelong/plugins/regularization/ewc.py",
+      "fisher[name] += g.square().sum(0)", "fisher[name] += g.abs().sum(0)",
+      ("tests/test_regularization.py::test_fisher_of_logistic_regression_matches_the_hand_computation",),
+      "Fisher of |g| instead of g^2"),
+    M("ewc-merge-constant", "lifelong/plugins/regularization/ewc.py",
+      "const = const + (weight * share * (center - new_center).square()).sum()",
+      "const = const",
+      ("lifelong/plugins/regularization/ewc.py",), "the merged quadratic loses its constant"),
+    # ------------------------------------------------------------------ MAS
+    M("mas-replace", "lifelong/plugins/regularization/mas.py",
+      "self.importance_[name] = old + omega", "self.importance_[name] = omega",
+      (f"{T_FID}::test_mas_importance_accumulates",), "MAS replaces its importance"),
+    M("mas-no-abs", "lifelong/plugins/regularization/mas.py",
+      "out[name] += g.abs().sum(0)", "out[name] += g.sum(0)",
+      ("tests/test_regularization.py::test_mas_importance_of_a_linear_model_matches_the_hand_computation",),
+      "signed gradients averaged"),
+    M("mas-norm-not-squared", "lifelong/plugins/regularization/mas.py",
+      "return f(ps, xi, ti).square().sum()", "return f(ps, xi, ti).square().sum().sqrt()",
+      ("tests/test_regularization.py::test_mas_importance_of_a_linear_model_matches_the_hand_computation",),
+      "the l2 norm instead of its square"),
+    M("mas-lambda-ignored", "lifelong/plugins/regularization/mas.py",
+      'return {"mas": self.mas_lambda * quadratic_penalty(',
+      'return {"mas": 1.0 * quadratic_penalty(',
+      (f"{T_FID}::test_mas_importance_accumulates",), "MAS ignores mas_lambda"),
+    M("sgd-bound-loose", "lifelong/plugins/regularization/_common.py",
+      "if ratio >= 1 and", "if ratio >= 2 and",
+      ("lifelong/plugins/regularization/_common.py",), "the stability bound off by a factor 2"),
+    # ------------------------------------------------------------------ SI
+    M("si-omega-not-reset", "lifelong/plugins/regularization/si.py",
+      "                self.omega_[name].zero_()", "                self.omega_[name].mul_(1.0)",
+      (f"{T_FID}::test_si_resets_its_path_integral_and_uses_c",),
+      "SI does not reset omega after a task"),
+    M("si-xi-ignored", "lifelong/plugins/regularization/si.py",
+      "omega / (delta.square() + xi)", "omega / (delta.square() + 0.1)",
+      ("lifelong/plugins/regularization/si.py",), "SI ignores its damping xi"),
+    M("si-c-ignored", "lifelong/plugins/regularization/si.py",
+      'return {"si": self.c * quadratic_penalty(', 'return {"si": 0.1 * quadratic_penalty(',
+      (f"{T_FID}::test_si_resets_its_path_integral_and_uses_c",), "SI ignores c"),
+    M("si-surrogate-sign", "lifelong/plugins/regularization/si.py",
+      "value=-2.0 * self.c)", "value=2.0 * self.c)",
+      (f"{T_FID}::test_si_path_integral_excludes_its_own_penalty",),
+      "SI adds its own penalty gradient to the path integral"),
+    # ------------------------------------------------------------------ LwF
+    M("lwf-temperature-ignored", "lifelong/plugins/regularization/lwf.py",
+      "loss = distillation_loss(step.stream_logits, old, self.heads_, self.temperature)",
+      "loss = distillation_loss(step.stream_logits, old, self.heads_, 1.0)",
+      (f"{T_FID}::test_lwf_term_uses_temperature_and_lambda",), "LwF ignores its temperature"),
+    M("lwf-lambda-ignored", "lifelong/plugins/regularization/lwf.py",
+      'return {"lwf": self.lwf_lambda * loss}', 'return {"lwf": loss}',
+      (f"{T_FID}::test_lwf_term_uses_temperature_and_lambda",), "LwF ignores lwf_lambda"),
+    M("lwf-kl-reversed", "lifelong/plugins/regularization/lwf.py",
+      "kl = torch.where(used, lp_old.exp() * (lp_old - lp_new), 0.0)",
+      "kl = torch.where(used, lp_new.exp() * (lp_new - lp_old), 0.0)",
+      (f"{T_FID}::test_lwf_term_uses_temperature_and_lambda",), "KL(new || old)"),
+    # ------------------------------------------------------------------ replay
+    M("gem-strength-ignored", "lifelong/plugins/replay/gem.py",
+      "gem_project(g, G, self.memory_strength, self.eps)", "gem_project(g, G, 0.0, self.eps)",
+      (f"{T_FID}::test_gem_uses_memory_strength",), "GEM ignores memory_strength"),
+    M("gem-any-to-all", "lifelong/plugins/replay/gem.py",
+      "if bool((G @ g < 0).any()):", "if bool((G @ g < 0).all()):",
+      (f"{T_FID}::test_gem_projects_when_any_constraint_is_violated",),
+      "GEM projects only when every constraint is violated"),
+    M("agem-sign", "lifelong/plugins/replay/agem.py",
+      "(dot < 0) & (ref_sq > 0)", "(dot > 0) & (ref_sq > 0)",
+      ("tests/test_replay.py::test_agem_projection_formula",), "A-GEM projects agreeing gradients"),
+    M("er-batch-size-ignored", "lifelong/plugins/replay/er.py",
+      "return self.buffer_.sample(self.batch_size or step.n_stream)",
+      "return self.buffer_.sample(step.n_stream)",
+      (f"{T_FID}::test_er_replays_batch_size_samples",), "ER ignores batch_size"),
+    M("reservoir-off-by-one", "lifelong/memory/selection.py",
+      "j = torch.minimum((u * (index + 1)).long(), index)",
+      "j = torch.minimum((u * index).long(), index)",
+      (f"{T_FID}::test_reservoir_keeps_each_sample_with_probability_capacity_over_seen",),
+      "reservoir draws j from {0..n-1}: the newest sample is kept too rarely"),
+    M("der-alpha-ignored", "lifelong/plugins/replay/der.py",
+      'return {"der": self.alpha * der_loss(', 'return {"der": 0.2 * der_loss(',
+      (f"{T_FID}::test_der_terms_use_alpha_beta_and_stored_logits",), "DER ignores alpha"),
+    M("derpp-beta-ignored", "lifelong/plugins/replay/der.py",
+      '"derpp_labels": self.beta * F.cross_entropy', '"derpp_labels": F.cross_entropy',
+      (f"{T_FID}::test_der_terms_use_alpha_beta_and_stored_logits",), "DER++ ignores beta"),
+    M("der-stores-replay-rows", "lifelong/plugins/replay/der.py",
+      "logits=step.stream_logits.detach())", "logits=step.logits[-step.n_stream:].detach())",
+      (f"{T_FID}::test_der_terms_use_alpha_beta_and_stored_logits",),
+      "DER stores the logits of the replay rows"),
+    M("dgr-generator-without-replay", "lifelong/plugins/replay/generative_replay.py",
+      "x_old = None if replay is None else replay.x", "x_old = None",
+      (f"{T_FID}::test_dgr_generator_trains_on_replayed_inputs",),
+      "the generator is trained without the replayed inputs"),
+    M("dgr-ratio-flipped", "lifelong/plugins/replay/generative_replay.py",
+      'return {"generative_replay": (1.0 - r) * (replayed - step.losses["ce"])}',
+      'return {"generative_replay": r * (replayed - step.losses["ce"])}',
+      ("tests/test_generative_replay.py::test_solver_loss_is_the_papers_mix_of_real_and_replayed",),
+      "replay weighted r instead of 1 - r"),
+    # ------------------------------------------------------------------ boundaries
+    M("every-n-off-by-one", "lifelong/plugins/boundaries/every_n.py",
+      "return (step.index + 1) % self.every == 0", "return step.index % self.every == 0",
+      ("lifelong/plugins/boundaries/every_n.py",), "a boundary after batch 1, every+1, ..."),
+    M("page-hinkley-threshold-ignored", "lifelong/plugins/boundaries/page_hinkley.py",
+      "threshold=self.threshold, alpha=self.alpha", "threshold=50.0, alpha=self.alpha",
+      ("lifelong/plugins/boundaries/page_hinkley.py",),
+      "Page-Hinkley ignores its threshold"),
+    M("plateau-variance-ignored", "lifelong/plugins/boundaries/plateau.py",
+      "if self.peak and mean < self.mean_threshold and var < self.variance_threshold:",
+      "if self.peak and mean < self.mean_threshold:",
+      ("tests/test_taskfree.py::test_plateau_rule_on_a_hand_made_loss_sequence",),
+      "the plateau rule ignores the variance"),
+)
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    path = root / mutant.file
+    text = path.read_text()
+    n = text.count(mutant.old)
+    if n != 1:
+        raise SystemExit(f"mutant {mutant.id}: old text occurs {n} times in {mutant.file}")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def run_one(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.id}-") as tmp:
+        copy = Path(tmp)
+        for tree in ("lifelong", "tests"):
+            shutil.copytree(ROOT / tree, copy / tree, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md", "CONTRIBUTING.md"):
+            shutil.copy(ROOT / name, copy / name)
+        apply(mutant, copy)
+        env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        t0 = time.perf_counter()
+        try:  # run inside the copy: nothing of the real tree is importable
+            out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *mutant.tests],
+                                 cwd=copy, env=env, capture_output=True, text=True,
+                                 timeout=timeout)
+            # 1: a test failed (killed); 0: all passed (survived); anything else (collection
+            # error, node not found) proves nothing and counts as not killed
+            verdict = {0: "survived", 1: "killed"}.get(out.returncode, "error")
+            tail = (out.stdout.strip().splitlines() or [""])[-1]
+        except subprocess.TimeoutExpired:
+            verdict, tail = "timeout", "timeout"
+        return verdict, time.perf_counter() - t0, tail
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-k", default="", help="only mutants whose id contains this")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    chosen = [m for m in MUTANTS if args.k in m.id]
+    for m in chosen:  # fail fast on a stale catalogue
+        apply(m, _Dry(ROOT))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda m: run_one(m, args.timeout), chosen))
+    print(f"{'mutant':<34} {'file':<46} {'verdict':<9} {'s':>6}")
+    for m, (verdict, secs, _tail) in zip(chosen, results):
+        print(f"{m.id:<34} {m.file.removeprefix('lifelong/'):<46} {verdict:<9} {secs:6.1f}")
+    survived = [m.id for m, (v, _, _) in zip(chosen, results) if v != "killed"]
+    print(json.dumps({"mutants": len(chosen), "killed": len(chosen) - len(survived),
+                      "survived": survived}))
+
+
+class _Dry:
+    """A root whose files are read but never written (the up-front catalogue check)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __truediv__(self, rel: str) -> _DryPath:
+        return _DryPath(self.root / rel)
+
+
+class _DryPath:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read_text(self) -> str:
+        return self.path.read_text()
+
+    def write_text(self, text: str) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()
