@@ -1,7 +1,8 @@
 """Replay memories: preallocated tensor buffers with pluggable selection and retrieval.
 
 * :class:`Buffer` — columns ``x``, ``y``, ``task`` and named payloads, on one device.
-* Selection (what enters): :class:`Reservoir`, :class:`ClassBalanced`, :class:`Episodic`.
+* Selection (what enters): :class:`Reservoir`, :class:`ClassBalanced`,
+  :class:`ExperienceBalanced`, :class:`Episodic`.
 * Retrieval (what is replayed): :class:`RandomRetrieval`, or any callable
   ``(buffer, n, generator, **context) -> slots``.
 """
@@ -16,6 +17,7 @@ from lifelong.memory.buffer import (
 from lifelong.memory.selection import (
     ClassBalanced,
     Episodic,
+    ExperienceBalanced,
     RandomRetrieval,
     Reservoir,
     Retrieval,
@@ -23,6 +25,6 @@ from lifelong.memory.selection import (
     reservoir_slots,
 )
 
-__all__ = ["Buffer", "ClassBalanced", "Episodic", "RandomRetrieval", "Reservoir", "Retrieval",
+__all__ = ["Buffer", "ClassBalanced", "Episodic", "ExperienceBalanced", "RandomRetrieval", "Reservoir", "Retrieval",
            "Selection", "buffer_state", "check_sizes", "last_writer_wins", "load_buffer_state",
            "reservoir_slots"]

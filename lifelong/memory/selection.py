@@ -14,6 +14,9 @@ filled (``filled``, ``slot_of_rank``). Three are built in:
   shares shrink and the classes above the new share (the largest ones) lose
   random members (the balanced memories of Chaudhry et al. 2019, "On tiny
   episodic memories in continual learning", and Prabhu et al. 2020, GDumb).
+* :class:`ExperienceBalanced` — an equal share of the capacity per
+  experience (keyed by the ``task`` column), each share a reservoir of its
+  experience: Avalanche's ``ExperienceBalancedBuffer``.
 * :class:`Episodic` — GEM's per-task memory (Lopez-Paz & Ranzato, NeurIPS
   2017, Sec. 3): capacity / T slots per task when T is known, shrinking as
   new tasks appear otherwise, each holding the last m samples of its task.
@@ -40,8 +43,8 @@ from lifelong.errors import DataError
 if TYPE_CHECKING:
     from lifelong.memory.buffer import Buffer
 
-__all__ = ["Selection", "Retrieval", "Reservoir", "ClassBalanced", "Episodic", "RandomRetrieval",
-           "reservoir_slots"]
+__all__ = ["Selection", "Retrieval", "Reservoir", "ClassBalanced", "ExperienceBalanced", "Episodic",
+           "RandomRetrieval", "reservoir_slots"]
 
 
 class Selection(Protocol):
@@ -227,6 +230,17 @@ class ClassBalanced(_Partitioned):
 
     def __init__(self, n_classes: int | None = None) -> None:
         super().__init__(n_classes)
+
+
+class ExperienceBalanced(_Partitioned):
+    """An equal share per experience (the ``task`` column holds the experience index),
+    each an exact reservoir of its experience; shares shrink as experiences appear."""
+
+    key = "task"
+    fill = "reservoir"
+
+    def __init__(self) -> None:
+        super().__init__(None)
 
 
 class Episodic(_Partitioned):
