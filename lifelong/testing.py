@@ -460,13 +460,16 @@ def check_requirements_enforced(factory: Factory) -> None:
                                  "without a detector")
 
 
-def _global_rng_after_run(factory: Factory | None) -> tuple[Any, ...]:
-    stream = _stream_for(factory) if factory is not None else tiny_stream()
+def _global_rng_after_run(factory: Factory | None, task_labels: bool) -> tuple[Any, ...]:
+    stream = tiny_stream(task_labels=task_labels)
     learner = make_learner([factory()] if factory is not None else [], stream)
     random.seed(0)
     np.random.seed(0)
     learner.fit(stream)  # fit seeds torch's global generator itself
     return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+_PLAIN_RNG: dict[bool, tuple[Any, ...]] = {}  # the run without the plugin, computed once
 
 
 def check_no_global_rng(factory: Factory) -> None:
@@ -476,7 +479,11 @@ def check_no_global_rng(factory: Factory) -> None:
     end the same run without the plugin: a draw from them would make the run depend on
     what else touched them, and a resumed run would draw differently.
     """
-    with_plugin, without = _global_rng_after_run(factory), _global_rng_after_run(None)
+    labels = "task_labels" in _needs(factory)
+    with_plugin = _global_rng_after_run(factory, labels)
+    if labels not in _PLAIN_RNG:
+        _PLAIN_RNG[labels] = _global_rng_after_run(None, labels)
+    without = _PLAIN_RNG[labels]
     for name, a, b in zip(("torch", "numpy", "random"), with_plugin, without):
         same = torch.equal(a, b) if name == "torch" else (
             bool((a == b).all()) if name == "numpy" else a == b)
