@@ -25,6 +25,7 @@ from lifelong.memory.selection import (
     reservoir_slots,
 )
 
-__all__ = ["Buffer", "ClassBalanced", "Episodic", "ExperienceBalanced", "RandomRetrieval", "Reservoir", "Retrieval",
+__all__ = ["Buffer", "ClassBalanced", "Episodic", "ExperienceBalanced", "RandomRetrieval",
+           "Reservoir", "Retrieval",
            "Selection", "buffer_state", "check_sizes", "last_writer_wins", "load_buffer_state",
            "reservoir_slots"]
