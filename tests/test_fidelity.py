@@ -318,3 +318,50 @@ def test_der_class_balanced_end_stores_the_trained_models_eval_logits():
     # the last experience's samples carry the final model's eval-mode logits
     last = b.y >= 4
     assert torch.allclose(b.extras["logits"][last], learner.predict(b)[last], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- evaluation / detectors
+def test_anytime_evaluates_the_seen_experiences_every_n_batches(monkeypatch):
+    """Kills anytime-every-off-by-one and anytime-all-test-sets."""
+    from lifelong.plugins.evaluation import AnytimeAccuracy
+
+    stream = tiny_stream()                        # 3 x 6 batches of 8
+    plugin = AnytimeAccuracy(every=4)
+    learner = Learner(nn.Sequential(nn.Flatten(), nn.Linear(16, 6)), plugins=[plugin],
+                      device="cpu", batch_size=8, lr=0.05)
+    sizes = []
+    real = learner.evaluate
+
+    def spy(eval_sets=None, **kw):
+        if kw.get("kind") == "anytime":
+            sizes.append(len(eval_sets))
+        return real(eval_sets, **kw)
+
+    monkeypatch.setattr(learner, "evaluate", spy)
+    learner.fit(stream)
+    assert [at for at, _, _ in plugin.curve_] == [24, 56, 88, 120]  # samples before the batch
+    assert sizes == [1, 2, 2, 3]                  # batches 4, 8, 12, 16: experiences 0, 1, 1, 2
+
+
+def test_accuracy_matrix_keeps_class_il_and_task_il_rows_apart():
+    """Kills accuracy-matrix-task-il-row."""
+    from lifelong.learner import EvalReport
+    from lifelong.plugins.evaluation import AccuracyMatrix
+
+    m = AccuracyMatrix()
+    m.after_eval(None, EvalReport("initial", [0.1, 0.2], [0.5, 0.5], 0, 0))
+    m.after_eval(None, EvalReport("experience_end", [0.9, 0.0], [1.0, 0.6], 10, 1, 0))
+    m.after_eval(None, EvalReport("anytime", [0.3, 0.3], [0.3, 0.3], 15, 2))
+    m.after_eval(None, EvalReport("experience_end", [0.4, 0.8], [0.9, 0.95], 20, 2, 1))
+    s = m.summary()
+    assert s["accuracy_matrix"] == [[0.9, 0.0], [0.4, 0.8]]
+    assert s["accuracy_matrix_task_il"] == [[1.0, 0.6], [0.9, 0.95]]
+    assert s["fwt"] == pytest.approx(0.0 - 0.2) and s["random_init_accuracy"] == [0.1, 0.2]
+
+
+def test_detectors_pass_their_parameters_to_river():
+    """Kills adwin-delta-ignored and kswin-alpha-ignored."""
+    from lifelong.plugins.boundaries import ADWIN, KSWIN
+
+    assert ADWIN(delta=0.3)._make().delta == 0.3
+    assert KSWIN(alpha=0.01)._make().alpha == 0.01
