@@ -189,13 +189,13 @@ def _gem_with_rows(rows, g, monkeypatch, **kw):
         plugin.buffer_.add(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
                            torch.full((2,), k))
     plugin.task_ = 2
-    it = iter(rows)
     calls = {}
-    monkeypatch.setattr(gem_mod, "flat_grad_of", lambda loss, params: next(it))
+    monkeypatch.setattr(GEM, "_task_gradients", staticmethod(lambda lr, mems, p: torch.stack(rows)))
     monkeypatch.setattr(gem_mod, "flat_grad", lambda params: g)
     monkeypatch.setattr(gem_mod, "set_flat_grad", lambda params, v: calls.setdefault("set", v))
     real = gem_mod.gem_project
-    monkeypatch.setattr(gem_mod, "gem_project", lambda *a: calls.setdefault("args", a) and real(*a))
+    monkeypatch.setattr(gem_mod, "gem_project",
+                        lambda *a, **k: calls.setdefault("args", a) and real(*a, **k))
     plugin.before_update(learner, None)
     return calls
 
