@@ -359,9 +359,12 @@ class PNN:
             return ProgressiveNet([first], [], self.column_tasks_[:1])
         assert gen is not None
         dev = next(old.parameters()).device
-        col = new_column(self._template, gen).to(dev)
-        ads = new_adapters(col, old.n_columns, gen, nonlinear=self.adapters,
-                           alpha_init=self.alpha_init).to(dev)
+        # building nn.Linear runs its default init on the global generator before reinit_
+        # overwrites it from ``gen``: fork it, so the run's global RNG is not advanced
+        with torch.random.fork_rng(devices=[]):
+            col = new_column(self._template, gen).to(dev)
+            ads = new_adapters(col, old.n_columns, gen, nonlinear=self.adapters,
+                               alpha_init=self.alpha_init).to(dev)
         return ProgressiveNet([*old.columns, col], [*old.adapters, ads],
                               self.column_tasks_[:old.n_columns + 1])
 
