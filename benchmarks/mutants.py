@@ -63,7 +63,8 @@ MUTANTS: tuple[Mutant, ...] = (
       ("tests/test_metrics.py",), "ACC averaged over every row, not the last"),
     M("detection-tolerance-inclusive", "lifelong/metrics.py",
       "if i < 0 or d - cps[i] > tolerance:", "if i < 0 or d - cps[i] >= tolerance:",
-      ("tests/test_metrics.py",), "a detection exactly at the tolerance counted as false alarm"),
+      (f"{T_FID}::test_a_detection_exactly_at_the_tolerance_counts",),
+      "a detection exactly at the tolerance counted as false alarm"),
     M("task-il-unmasked", "lifelong/learner.py",
       "correct_t += ((logits + mask).argmax(1) == y).sum()",
       "correct_t += (logits.argmax(1) == y).sum()",
@@ -87,7 +88,7 @@ MUTANTS: tuple[Mutant, ...] = (
     M("error-signal-is-accuracy", "lifelong/plugins/boundaries/_signal.py",
       "wrong = prequential_logits(step).argmax(1) != step.batch.y",
       "wrong = prequential_logits(step).argmax(1) == step.batch.y",
-      ("tests/test_taskfree.py::test_error_signal_is_the_batch_error_rate",),
+      ("tests/test_predictions.py::test_error_signal_uses_the_eval_mode_predictions",),
       "the error signal is the accuracy"),
     # ------------------------------------------------------------------ EWC
     M("ewc-latest-only", "lifelong/plugins/regularization/ewc.py",
@@ -248,7 +249,7 @@ MUTANTS: tuple[Mutant, ...] = (
     M("plateau-variance-ignored", "lifelong/plugins/boundaries/plateau.py",
       "if self.peak and mean < self.mean_threshold and var < self.variance_threshold:",
       "if self.peak and mean < self.mean_threshold:",
-      ("tests/test_taskfree.py::test_plateau_rule_on_a_hand_made_loss_sequence",),
+      (f"{T_FID}::test_plateau_needs_a_low_variance_window_too",),
       "the plateau rule ignores the variance"),
 )
 

@@ -365,3 +365,19 @@ def test_detectors_pass_their_parameters_to_river():
 
     assert ADWIN(delta=0.3)._make().delta == 0.3
     assert KSWIN(alpha=0.01)._make().alpha == 0.01
+
+
+def test_plateau_needs_a_low_variance_window_too():
+    """Kills plateau-variance-ignored: a low but noisy loss window is not a plateau."""
+    from lifelong.plugins.boundaries.plateau import PlateauRule
+
+    rule = PlateauRule(window=4, mean_threshold=1.0, variance_threshold=0.01)
+    assert not any(rule.update(v) for v in [0.1, 0.9] * 6)       # mean 0.5, variance 0.16
+    assert any(rule.update(v) for v in [0.5] * 4)                # then a flat window: a plateau
+
+
+def test_a_detection_exactly_at_the_tolerance_counts():
+    """Kills detection-tolerance-inclusive: c < d <= c + tolerance detects change c."""
+    got = metrics.report_detections([100], [150], tolerance=50)
+    assert got["detected"] == 1 and got["false_alarms"] == 0 and got["delays"] == [50]
+    assert metrics.report_detections([100], [151], tolerance=50)["false_alarms"] == 1
