@@ -460,16 +460,16 @@ def check_requirements_enforced(factory: Factory) -> None:
                                  "without a detector")
 
 
-def _global_rng_after_run(factory: Factory | None, task_labels: bool) -> tuple[Any, ...]:
-    stream = tiny_stream(task_labels=task_labels)
-    learner = make_learner([factory()] if factory is not None else [], stream)
+def _global_rng_after_run(factory: Factory, with_plugin: bool) -> tuple[Any, ...]:
+    stream = _stream_for(factory)  # the plugin's own contract stream, with or without it
+    learner = make_learner([factory()] if with_plugin else [], stream)
     random.seed(0)
     np.random.seed(0)
     learner.fit(stream)  # fit seeds torch's global generator itself
     return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
 
 
-_PLAIN_RNG: dict[bool, tuple[Any, ...]] = {}  # the run without the plugin, computed once
+_PLAIN_RNG: dict[frozenset[str], tuple[Any, ...]] = {}  # runs without the plugin, once per stream
 
 
 def check_no_global_rng(factory: Factory) -> None:
@@ -479,11 +479,11 @@ def check_no_global_rng(factory: Factory) -> None:
     end the same run without the plugin: a draw from them would make the run depend on
     what else touched them, and a resumed run would draw differently.
     """
-    labels = "task_labels" in _needs(factory)
-    with_plugin = _global_rng_after_run(factory, labels)
-    if labels not in _PLAIN_RNG:
-        _PLAIN_RNG[labels] = _global_rng_after_run(None, labels)
-    without = _PLAIN_RNG[labels]
+    key = frozenset(_needs(factory))
+    with_plugin = _global_rng_after_run(factory, True)
+    if key not in _PLAIN_RNG:
+        _PLAIN_RNG[key] = _global_rng_after_run(factory, False)
+    without = _PLAIN_RNG[key]
     for name, a, b in zip(("torch", "numpy", "random"), with_plugin, without):
         same = torch.equal(a, b) if name == "torch" else (
             bool((a == b).all()) if name == "numpy" else a == b)
