@@ -75,7 +75,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "hit = (learner.predict(step.batch).argmax(1) == step.batch.y).sum()",
       ("tests/test_predictions.py",), "scored by the model after the update"),
     M("prequential-train-mode", "lifelong/learner.py",
-      "        if self._eval_stream:  # test-then-train",
+      "        if self._eval_stream and not self._tasks:  # test-then-train",
       "        if False:  # test-then-train",
       ("tests/test_predictions.py",), "train-mode logits (dropout, batch norm) scored"),
     M("dropout-trusted", "lifelong/predictions.py",
