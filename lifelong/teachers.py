@@ -165,8 +165,9 @@ def load_teacher(spec: Mapping[str, Any], *, input_shape: Sequence[int] | None =
     bparams = {k: v for k, v in desc["backbone"].items() if k != "name"}
     try:
         entry = get_registry().get("backbone", desc["backbone"]["name"])
-        model = entry.factory(input_shape=tuple(desc["input_shape"]),
-                              num_classes=int(desc["num_classes"]), **bparams)
+        with torch.random.fork_rng(devices=[]):  # its init is overwritten by the weights below
+            model = entry.factory(input_shape=tuple(desc["input_shape"]),
+                                  num_classes=int(desc["num_classes"]), **bparams)
     except LifelongError as exc:
         raise ConfigError(f"{owner}: {exc}") from exc
     except (TypeError, ValueError) as exc:
