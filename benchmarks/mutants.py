@@ -244,7 +244,7 @@ MUTANTS: tuple[Mutant, ...] = (
       ("lifelong/plugins/boundaries/every_n.py",), "a boundary after batch 1, every+1, ..."),
     M("page-hinkley-threshold-ignored", "lifelong/plugins/boundaries/page_hinkley.py",
       "threshold=self.threshold, alpha=self.alpha", "threshold=50.0, alpha=self.alpha",
-      ("lifelong/plugins/boundaries/page_hinkley.py",),
+      ("lifelong/plugins/boundaries/page_hinkley.py", "tests/test_page_hinkley.py"),
       "Page-Hinkley ignores its threshold"),
     M("plateau-variance-ignored", "lifelong/plugins/boundaries/plateau.py",
       "if self.peak and mean < self.mean_threshold and var < self.variance_threshold:",
