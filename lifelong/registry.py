@@ -73,6 +73,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lifelong.plugins.transfer.finetune",
     "lifelong.plugins.transfer.discriminative",
     "lifelong.plugins.transfer.scale_bias",
+    "lifelong.plugins.transfer.width_augment",
     "lifelong.plugins.domain.coral",
     "lifelong.plugins.domain.mmd",
     "lifelong.plugins.domain.dann",
