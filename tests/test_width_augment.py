@@ -12,8 +12,7 @@ from lifelong.backbones import mlp
 from lifelong.errors import ConfigError
 from lifelong.learner import Learner
 from lifelong.plugins.transfer.finetune import FineTune
-from lifelong.plugins.transfer.width_augment import (WidthAugment, WidthAugmentedMLP,
-                                                     normalize_and_scale)
+from lifelong.plugins.transfer.width_augment import WidthAugment, WidthAugmentedMLP, normalize_and_scale
 from lifelong.stream.adapters import from_tensors
 from lifelong.stream.datasets import load_digits_data
 from lifelong.testing import assert_same_state, make_learner, tiny_stream
