@@ -92,6 +92,16 @@ def test_widening_keeps_the_pretrained_units_and_normalises_both_groups(digits):
         assert torch.equal(net(x), net.head(old) + net.plus_out(new))
 
 
+def test_new_units_are_seeded_like_a_fresh_linear_layer(digits):
+    """``W^{k+}``: PyTorch's default init U(+-1/sqrt(fan_in)) from the plugin's own seed."""
+    nets = [_widened(digits, width=32, seed=s).model for s in (0, 0, 1)]
+    w = nets[0].plus.weight.detach()
+    bound = 1 / 64 ** 0.5
+    assert float(w.abs().max()) <= bound and float(w.std()) > 0.8 * bound / 3 ** 0.5
+    assert float(nets[0].plus_out.weight.detach().std()) > 0
+    assert torch.equal(w, nets[1].plus.weight) and not torch.equal(w, nets[2].plus.weight)
+
+
 def test_without_normalisation_zero_outgoing_weights_preserve_the_function_exactly(digits):
     learner = _widened(digits, width=16, normalize=False)
     net = learner.model
