@@ -1,4 +1,4 @@
-"""``lifelong run|bench|list|plot|serve``: parse, validate, call the library, render.
+"""``lifelong run|bench|list|plot|serve|tune``: parse, validate, call the library, render.
 
 User mistakes (bad YAML, unknown keys or names, plugins that cannot
 compose, bad data) print one line ``error: ...`` and exit with status 2;
@@ -480,6 +480,37 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(s.strip()) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Optuna search on the first experiences, then the best setting on fresh seeds."""
+    from lifelong import tune
+    from lifelong.config import apply_overrides, load_yaml
+
+    tune._optuna()  # the extra is missing: say so before anything else
+    base = apply_overrides(load_yaml(args.config), args.set or [])
+    space = tune.parse_space(args.param or [], load_yaml(args.space) if args.space else None)
+    console = _console(args.quiet)
+    out = check_out_dir(args.out)
+    result = tune.tune(
+        base, space, n_trials=args.n_trials, tune_experiences=args.tune_experiences, out_dir=out,
+        seeds=_seed_list("--seeds", args.seeds),
+        final_seeds=_seed_list("--final-seeds", args.final_seeds), final_on=args.final_on,
+        metric=args.metric, direction=args.direction,
+        study_name=args.study_name or Path(args.config).stem, storage=args.storage,
+        sampler_seed=args.sampler_seed,
+        on_trial=lambda r: console.print(f"trial {r['number']}: {r['state']} value="
+                                         f"{_fmt(r['value'])} {r['error'] or ''}".rstrip()))
+    tune.render(result, console)
+    console.print(f"results: {out / 'tune.json'}; study: {result.storage}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     from lifelong import __version__
 
@@ -514,6 +545,30 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--out")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
+    tu = sub.add_parser("tune", help="tune hyper-parameters on the first experiences (Optuna), "
+                                     "report the best on the rest with fresh seeds")
+    tu.add_argument("config", help="base YAML run config")
+    tu.add_argument("--param", action="append", metavar="KEY=DIST:ARGS",
+                    help="a search dimension: uniform:lo:hi, loguniform:lo:hi, int:lo:hi, "
+                         "intlog:lo:hi or categorical:a,b,c (e.g. train.lr=loguniform:0.001:0.3)")
+    tu.add_argument("--space", metavar="FILE", help="YAML mapping key: dist:args (or a list)")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    tu.add_argument("--n-trials", type=int, default=20, help="trials in the study, in all")
+    tu.add_argument("--tune-experiences", type=int, default=3,
+                    help="tune on the first K experiences only (A-GEM's protocol: 3)")
+    tu.add_argument("--seeds", default="0", help="tuning seeds (comma-separated)")
+    tu.add_argument("--final-seeds", default="1,2,3",
+                    help="fresh seeds for the reported runs, disjoint from --seeds")
+    tu.add_argument("--final-on", choices=("rest", "all"), default="rest",
+                    help="report on the experiences after the tuned ones (the paper's) or on all")
+    tu.add_argument("--metric", default="final_avg_accuracy", help="a key of metrics.json")
+    tu.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
+    tu.add_argument("--study-name", help="default: the config file's name")
+    tu.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
+    tu.add_argument("--out", required=True, help="directory for study.db and tune.json")
+    tu.add_argument("--quiet", action="store_true")
+    tu.set_defaults(func=cmd_tune)
     pl = sub.add_parser("plot", help="plot a metrics.json (accuracy matrix, curves) to PNG")
     pl.add_argument("metrics", help="metrics.json or the run's --out directory")
     pl.add_argument("--out", help="PNG path (default: next to metrics.json)")

@@ -5,6 +5,7 @@ A run config::
     seed: 0
     device: auto                  # auto | cpu | cuda | cuda:N
     stream:   {name: split_mnist, n_experiences: 5}   # + label_delay: k (batches)
+                                  # + first_experiences: k / skip_experiences: k (any stream)
     target:   {name: mnist_domain, rotate: 45}        # optional unlabeled target domain
     backbone: {name: mlp, hidden: [256, 256]}
     strategy: er                  # a preset name, or {name: er, mem_size: 200}
@@ -58,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": {},
 }
 INJECTED = {"input_shape", "num_classes", "tasks"}  # filled by the run, not by the user
+#: keys any stream takes: the experiences ``skip_experiences .. first_experiences-1`` only
+#: (:func:`lifelong.stream.scenarios.select_experiences`; used by ``lifelong tune``)
+SELECTION_KEYS = ("first_experiences", "skip_experiences")
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -377,7 +381,14 @@ def resolve(raw: dict[str, Any], registry: Registry | None = None) -> dict[str, 
         free = params.pop("task_free")  # any stream: the learner is not told its boundaries
         if not isinstance(free, bool):
             raise ConfigError(f"stream.task_free: expected true or false, got {free!r}")
-    cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream")}
+    selection = {k: params.pop(k) for k in SELECTION_KEYS
+                 if k in params and k not in reg.get("stream", name).parameters()}
+    for k, v in selection.items():  # any stream: a contiguous run of its experiences
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k == "first_experiences" else 0):
+            raise ConfigError(f"stream.{k}: expected an integer >= "
+                              f"{1 if k == 'first_experiences' else 0}, got {v!r}")
+    cfg["stream"] = {"name": name, **check_params("stream", name, params, reg, "stream"),
+                     **selection}
     if free is not None:
         cfg["stream"]["task_free"] = free
     if delay is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lifelong.config import resolve
+from lifelong.config import SELECTION_KEYS, resolve
 from lifelong.errors import ConfigError, LifelongError
 from lifelong.learner import Learner, plugin_name, resolve_device
 from lifelong.plugins.evaluation import (
@@ -84,6 +84,8 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
 
     sparams = {k: v for k, v in cfg["stream"].items() if k not in ("name", "label_delay")}
     sentry = reg.get("stream", cfg["stream"]["name"])
+    selection = {k: sparams.pop(k) for k in SELECTION_KEYS
+                 if k in sparams and k not in sentry.parameters()}
     if "seed" in sentry.parameters() and "seed" not in sparams:
         sparams["seed"] = seed
     free = sparams.pop("task_free", None) if "task_free" not in sentry.parameters() else None
@@ -91,6 +93,9 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
 
     check_stream_params(cfg["stream"]["name"], sparams)
     stream: Stream = sentry.factory(**sparams)
+    if selection:
+        stream = scenarios.select_experiences(stream, first=selection.get("first_experiences"),
+                                              skip=selection.get("skip_experiences", 0))
     if free is not None:
         stream = hide_boundaries(stream, free)
     target: Stream | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -55,6 +56,7 @@ __all__ = [
     "rotate",
     "blurry",
     "task_free",
+    "select_experiences",
     "group_rank",
 ]
 
@@ -415,3 +417,85 @@ def task_free(stream: Stream) -> Stream:
         test=[dataclasses.replace(e, task_id=None) for e in stream.test],
         task_aware=False, task_labels=False, meta={**stream.meta, "task_free": True},
     )
+
+
+# ---------------------------------------------------------------------------
+# A contiguous run of a stream's experiences (hyper-parameter tuning)
+# ---------------------------------------------------------------------------
+
+
+class _Renumbered(Experience):
+    """Any experience under a new position ``id`` in a shorter stream (same batches)."""
+
+    def __init__(self, inner: Experience, id: int) -> None:
+        self.inner = inner
+        self.id, self.classes = id, inner.classes
+        self.task_id, self.n_samples = inner.task_id, inner.n_samples
+        self.finite_checked = inner.finite_checked
+
+    def batches(
+        self, batch_size: int, *, epochs: int = 1, shuffle: bool = True, seed: int = 0,
+        start: int = 0,
+    ) -> Iterator[Batch]:
+        return self.inner.batches(batch_size, epochs=epochs, shuffle=shuffle, seed=seed,
+                                  start=start)
+
+
+def _selected_experiences(stream: Stream, start: int, stop: int) -> Iterator[Experience]:
+    for i, exp in enumerate(itertools.islice(stream.experiences(), stop)):  # no later one built
+        if i < start:
+            continue
+        if i - start == exp.id:
+            yield exp
+        elif isinstance(exp, TensorExperience):
+            out = copy.copy(exp)  # same tensors, new position
+            out.id = i - start
+            yield out
+        else:
+            yield _Renumbered(exp, i - start)
+
+
+def select_experiences(stream: Stream, *, first: int | None = None, skip: int = 0,
+                       where: str = "stream") -> Stream:
+    """Experiences ``skip .. first-1`` of ``stream`` (``first=None``: to the end), renumbered from 0.
+
+    The protocol of Chaudhry et al. (ICLR 2019) tunes hyper-parameters on the
+    first experiences of a stream (``first=k``) and reports on the others
+    (``skip=k``). The held-out sets, the true change points and
+    ``n_experiences`` follow the selection; experiences after it are never
+    built. With ``skip=0`` every kept experience keeps its id, so its batches
+    are exactly those of the whole stream.
+
+    >>> from lifelong.stream.synthetic import blobs
+    >>> s = select_experiences(blobs(n_experiences=5), first=3)
+    >>> [e.classes for e in s.experiences()], s.n_experiences, len(s.test)
+    ([(0, 1), (2, 3), (4, 5)], 3, 3)
+    >>> rest = select_experiences(blobs(n_experiences=5), skip=3)
+    >>> [(e.id, e.classes) for e in rest.experiences()]
+    [(0, (6, 7)), (1, (8, 9))]
+    """
+    n = stream.n_experiences
+    if n is None:
+        raise ConfigError(f"{where}: stream {stream.name!r} does not know its number of "
+                          "experiences, so first_experiences / skip_experiences cannot select "
+                          "from it; drop those keys")
+    stop = n if first is None else first
+    if first is not None and not 1 <= first <= n:
+        raise ConfigError(f"{where}.first_experiences must be in 1..{n} (stream {stream.name!r} "
+                          f"has {n} experiences), got {first}")
+    if not 0 <= skip < stop:
+        raise ConfigError(f"{where}.skip_experiences must be in 0..{stop - 1} (it must leave at "
+                          f"least one of the {stop} experiences), got {skip}")
+    if stream.test and len(stream.test) != n:
+        raise ConfigError(f"{where}: stream {stream.name!r} has {len(stream.test)} held-out sets "
+                          f"for {n} experiences, so its held-out sets cannot follow a selection "
+                          "of experiences; drop first_experiences / skip_experiences")
+    cps = stream.meta.get("change_points")
+    meta = {**stream.meta, "experiences": [skip, stop]}
+    if cps is not None and len(cps) == n - 1:
+        base = cps[skip - 1] if skip else 0
+        meta["change_points"] = [c - base for c in cps[skip:stop - 1]]
+    name = stream.name if (skip, stop) == (0, n) else f"{stream.name}[{skip}:{stop}]"
+    return dataclasses.replace(
+        stream, name=name, n_experiences=stop - skip, test=list(stream.test[skip:stop]), meta=meta,
+        make_experiences=functools.partial(_selected_experiences, stream, skip, stop))
