@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import statistics
 
@@ -12,10 +13,10 @@ from lifelong.backbones import mlp
 from lifelong.errors import ConfigError
 from lifelong.learner import Learner
 from lifelong.plugins.transfer.finetune import FineTune
-from lifelong.plugins.transfer.width_augment import WidthAugment, WidthAugmentedMLP, normalize_and_scale
+from lifelong.plugins.transfer.width_augment import WidthAugment, WidthAugmentedNet, normalize_and_scale
 from lifelong.stream.adapters import from_tensors
 from lifelong.stream.datasets import load_digits_data
-from lifelong.testing import assert_same_state, make_learner, tiny_stream
+from lifelong.testing import assert_same_state, check_resume_exact, make_learner, tiny_stream
 
 HIDDEN = [64, 64]
 
@@ -78,7 +79,7 @@ def _hidden(model, x):
 def test_widening_keeps_the_pretrained_units_and_normalises_both_groups(digits):
     learner = _widened(digits, width=16)
     net, src = learner.model, digits["source"]
-    assert isinstance(net, WidthAugmentedMLP) and net.index == 3 and net.width == 16
+    assert isinstance(net, WidthAugmentedNet) and net.index == 3 and net.width == 16
     for name, p in src.body.named_parameters():          # every pre-trained weight, bit-equal
         assert torch.equal(p, net.body.get_parameter(name)), name
     x = digits["xt"][:50]
@@ -195,10 +196,10 @@ def test_kill_and_resume_after_widening_is_bit_identical(digits):
 
     full = make().fit(stream, evaluate=False)
     first = make().fit(stream, evaluate=False, stop_after=4)   # widened at the start, then 4 steps
-    assert isinstance(first.model, WidthAugmentedMLP)
+    assert isinstance(first.model, WidthAugmentedNet)
     state = _roundtrip(first.state_dict())
     second = make().fit(stream, evaluate=False, state=state)
-    assert isinstance(second.model, WidthAugmentedMLP)
+    assert isinstance(second.model, WidthAugmentedNet)
     assert_same_state(full.model.state_dict(), second.model.state_dict())
     assert_same_state(full.plugins[1].state_dict(), second.plugins[1].state_dict())
 
@@ -214,7 +215,7 @@ def test_kill_and_resume_after_widening_is_bit_identical(digits):
     ({"layer": "body.2"}, None, r"plugin 'width_augment': layer 'body.2' is not a hidden Linear"),
     ({"layer": "head"}, None, r"plugin 'width_augment': layer 'head' is not a hidden Linear"),
     ({}, {"name": "mlp", "hidden": [8], "norm": "layer"}, r"normalisation layers"),
-    ({}, {"name": "linear"}, r"widens the mlp backbone; got Sequential"),
+    ({}, {"name": "linear"}, r"widens the mlp and cnn backbones; got Sequential"),
 ])
 def test_bad_input_is_one_line_before_the_first_batch(kwargs, backbone, match):
     stream = tiny_stream()
@@ -231,3 +232,38 @@ def test_bad_input_is_one_line_before_the_first_batch(kwargs, backbone, match):
         learner.begin(stream, evaluate=False)
     assert "\n" not in str(e.value)
     assert make_learner([WidthAugment(width=3)], stream).fit(stream).model.width == 3
+
+
+# ---------------------------------------------------------------------------- cnn
+
+
+def test_normalize_and_scale_of_a_feature_map_against_a_hand_computation():
+    h = torch.tensor([[[[3.0, 0.0]], [[0.0, 4.0]]]])           # [1, 2 channels, 1, 2]
+    want = torch.tensor([[[[10 * 0.6, 0.0]], [[0.0, 1 * 0.8]]]])
+    assert torch.allclose(normalize_and_scale(h, torch.tensor([10.0, 1.0])), want, atol=1e-6)
+
+
+class _CNNWidthAugment(WidthAugment):
+    contract_backbone = {"name": "cnn", "channels": [4, 8]}
+
+
+@pytest.mark.parametrize("layer", [None, "body.0"])
+def test_cnn_widening_keeps_the_pretrained_channels_and_resumes_exactly(layer):
+    import copy
+
+    stream = tiny_stream()                                  # 1 x 4 x 4 images
+    learner = make_learner([_CNNWidthAugment(layer=layer, width=3, normalize=False)], stream)
+    before = copy.deepcopy(learner.model)
+    learner.begin(stream, evaluate=False)
+    learner.start_experience(next(stream.experiences()))
+    net = learner.model
+    assert isinstance(net, WidthAugmentedNet) and net.plus.out_channels == 3
+    x = torch.cat([t.x for t in stream.test])
+    with torch.no_grad():
+        old, _ = net.groups(x)
+        k = net.index
+        want = before.body[:k + 3](x)                       # conv, ReLU, max-pool
+        assert torch.equal(old, want)
+        net.plus_out.weight.zero_()
+        assert torch.equal(net(x), before(x))               # zero outgoing weights: same function
+    check_resume_exact(functools.partial(_CNNWidthAugment, layer=layer, width=3))

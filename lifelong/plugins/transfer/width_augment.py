@@ -44,11 +44,16 @@ Capacity", CVPR 2017. Hyper-parameters and where they come from:
   0.9, weight decay 0.0005 and a step schedule is the learner's optimizer
   configuration (see ``examples/width_augment.yaml``), not this plugin's.
 
-Backbone: ``mlp`` without normalisation layers (the new units would need
+Backbones: ``mlp`` without normalisation layers (the new units would need
 their own); a dropout after the widened layer drops both groups, and the
 normalisation reads the dropped activations, as in the paper's Caffe nets
-where ReLU and dropout act in place on fc7. Only one layer is widened (the
-paper's WWA-CNN widens fc6 and fc7 recursively; not part of this plugin).
+where ReLU and dropout act in place on fc7. ``cnn``: a convolution is widened
+by ``width`` new channels (same kernel, stride and padding), after its ReLU
+and pooling each group is L2-normalised over all of a sample's activations
+(the flattened map the head reads, as for fc7) and scaled per channel; the
+paper widens fully connected layers only, so this is the direct analogue
+rather than its experiment. Only one layer is widened (the paper's WWA-CNN
+widens fc6 and fc7 recursively; not part of this plugin).
 
 Examples
 --------
@@ -56,7 +61,7 @@ Examples
 >>> stream = tiny_stream()
 >>> learner = make_learner([WidthAugment(width=8)], stream).fit(stream)
 >>> type(learner.model).__name__, tuple(learner.model.plus.weight.shape)
-('WidthAugmentedMLP', (8, 16))
+('WidthAugmentedNet', (8, 16))
 """
 
 from __future__ import annotations
@@ -69,36 +74,43 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lifelong.backbones import MLP
+from lifelong.backbones import MLP, SmallCNN
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.features import check_layer
 from lifelong.hookspecs import hookimpl
 from lifelong.validation import check_number, state_get, state_number
 
-__all__ = ["WidthAugment", "WidthAugmentedMLP", "normalize_and_scale"]
+__all__ = ["WidthAugment", "WidthAugmentedNet", "normalize_and_scale"]
 
 EPS = 1e-12  # F.normalize's default: an all-zero activation vector stays zero
+LAYERS = (nn.Linear, nn.Conv2d)
 
 
 def normalize_and_scale(h: Tensor, gamma: Tensor | None) -> Tensor:
-    """``gamma * h / ||h||_2``, the norm over the units (dim 1) of each sample; ``gamma=None``
-    leaves ``h`` as it is (WA-CNN-ori).
+    """``gamma * h / ||h||_2`` for each sample (row of ``h``); ``gamma=None`` leaves ``h`` as
+    it is (WA-CNN-ori).
+
+    ``h`` is ``[batch, units]`` or, for a convolutional layer, ``[batch, channels, H, W]``:
+    the norm is then over all of a sample's activations and ``gamma`` holds one scale per
+    channel, shared by its positions.
 
     >>> normalize_and_scale(torch.tensor([[3.0, 4.0]]), torch.tensor([10.0, 1.0])).tolist()
     [[6.0, 0.800000011920929]]
     """
     if gamma is None:
         return h
-    return F.normalize(h, p=2.0, dim=1, eps=EPS) * gamma
+    unit = F.normalize(h.flatten(1), p=2.0, dim=1, eps=EPS).view_as(h)
+    return unit * gamma.view(1, -1, *([1] * (h.dim() - 2)))
 
 
-class WidthAugmentedMLP(nn.Module):
-    """An mlp whose hidden ``Linear`` ``body[index]`` has ``width`` new units beside it.
+class WidthAugmentedNet(nn.Module):
+    """An mlp (or cnn) whose hidden layer ``body[index]`` has ``width`` new units beside it.
 
-    Keeps the mlp's ``body`` and ``head`` (their parameter names and weights); adds
-    ``plus`` (the new units' incoming weights ``W^{k+}``), ``plus_out`` (their weights
-    into the layer above: the next hidden ``Linear`` or the head) and, with
-    ``normalize``, the scales ``scale`` (pre-trained units) and ``scale_plus`` (new).
+    Keeps the backbone's ``body`` and ``head`` (their parameter names and weights); adds
+    ``plus`` (the new units' incoming weights ``W^{k+}``: a ``Linear``, or a ``Conv2d`` of
+    the widened convolution's kernel, stride and padding), ``plus_out`` (their weights into
+    the layer above: the next hidden layer or the head) and, with ``normalize``, the
+    scales ``scale`` (pre-trained units) and ``scale_plus`` (new units).
     """
 
     def __init__(self, body: nn.Sequential, head: nn.Linear, *, index: int, width: int,
@@ -107,16 +119,30 @@ class WidthAugmentedMLP(nn.Module):
         self.body, self.head = body, head
         self.index, self.width, self.normalize = index, width, normalize
         layer = body[index]
-        assert isinstance(layer, nn.Linear)
-        above = [i for i in range(index + 1, len(body)) if isinstance(body[i], nn.Linear)]
+        above = [i for i in range(index + 1, len(body)) if isinstance(body[i], LAYERS)]
         self.above: int | None = above[0] if above else None
-        out = body[self.above].out_features if self.above is not None else head.out_features
-        self.plus = nn.Linear(layer.in_features, width)
-        self.plus_out = nn.Linear(width, out, bias=False)
+        self.plus: nn.Linear | nn.Conv2d
+        self.plus_out: nn.Linear | nn.Conv2d
+        if isinstance(layer, nn.Conv2d):
+            n_old = layer.out_channels
+            self.plus = nn.Conv2d(layer.in_channels, width, layer.kernel_size, layer.stride,
+                                  layer.padding)
+            if self.above is not None:
+                nxt = body[self.above]
+                self.plus_out = nn.Conv2d(width, nxt.out_channels, nxt.kernel_size, nxt.stride,
+                                          nxt.padding, bias=False)
+            else:  # the flattened feature map feeds the head: positions per channel
+                positions = head.in_features // n_old
+                self.plus_out = nn.Linear(width * positions, head.out_features, bias=False)
+        else:
+            n_old = layer.out_features
+            self.plus = nn.Linear(layer.in_features, width)
+            out = body[self.above].out_features if self.above is not None else head.out_features
+            self.plus_out = nn.Linear(width, out, bias=False)
         self.scale: nn.Parameter | None = None
         self.scale_plus: nn.Parameter | None = None
         if normalize:
-            self.scale = nn.Parameter(torch.full((layer.out_features,), float(scale_init)))
+            self.scale = nn.Parameter(torch.full((n_old,), float(scale_init)))
             self.scale_plus = nn.Parameter(torch.full((width,), float(scale_init)))
 
     def groups(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,14 +153,15 @@ class WidthAugmentedMLP(nn.Module):
             h = m(h)
         old, new = body[k](h), self.plus(h)
         stop = self.above if self.above is not None else len(body)
-        for m in body[k + 1:stop]:   # the layer's ReLU (and dropout): parameter-free
-            old, new = m(old), m(new)
+        for m in body[k + 1:stop]:   # ReLU, dropout, pooling: parameter-free; not the flatten
+            if not isinstance(m, nn.Flatten):
+                old, new = m(old), m(new)
         return normalize_and_scale(old, self.scale), normalize_and_scale(new, self.scale_plus)
 
     def forward(self, x: Tensor) -> Tensor:
         old, new = self.groups(x)
         if self.above is None:
-            return self.head(old) + self.plus_out(new)
+            return self.head(old.flatten(1)) + self.plus_out(new.flatten(1))
         h = self.body[self.above](old) + self.plus_out(new)
         for m in self.body[self.above + 1:]:
             h = m(h)
@@ -142,10 +169,10 @@ class WidthAugmentedMLP(nn.Module):
 
 
 def _parts(model: nn.Module) -> tuple[nn.Sequential, nn.Linear]:
-    if isinstance(model, MLP | WidthAugmentedMLP):
+    if isinstance(model, MLP | SmallCNN | WidthAugmentedNet):
         return model.body, model.head
-    raise ConfigError(f"plugin 'width_augment' widens the mlp backbone; got "
-                      f"{type(model).__name__}: use backbone: {{name: mlp}}")
+    raise ConfigError(f"plugin 'width_augment' widens the mlp and cnn backbones; got "
+                      f"{type(model).__name__}: use backbone: {{name: mlp}} or {{name: cnn}}")
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int, gen: torch.Generator) -> Tensor:
@@ -190,7 +217,7 @@ class WidthAugment:
         if any(isinstance(m, nn.LayerNorm | nn.BatchNorm1d) for m in body):
             raise ConfigError("plugin 'width_augment': the mlp has normalisation layers, which "
                               "the new units cannot share; use backbone: {name: mlp, norm: null}")
-        linears = [i for i, m in enumerate(body) if isinstance(m, nn.Linear)]
+        linears = [i for i, m in enumerate(body) if isinstance(m, LAYERS)]
         if not linears:
             raise ConfigError("plugin 'width_augment': the mlp has no hidden layer to widen; "
                               "give it one (hidden: [256])")
@@ -201,10 +228,11 @@ class WidthAugment:
             names = {f"body.{i}": i for i in linears}
             if self.layer not in names:
                 raise ConfigError(f"plugin 'width_augment': layer {self.layer!r} is not a hidden "
-                                  f"Linear layer of the mlp; name one of "
+                                  f"Linear or Conv2d layer of the backbone; name one of "
                                   f"{', '.join(map(repr, names))}")
             index = names[self.layer]
-        n = body[index].out_features
+        layer = body[index]
+        n = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         width = self.width if self.width is not None else max(1, n // 2)
         return index, int(width)
 
@@ -222,11 +250,11 @@ class WidthAugment:
         return {f"body.{n}": float(self.pretrained_lr_mult)
                 for n, _ in body.named_parameters()}
 
-    def _build(self, model: nn.Module) -> WidthAugmentedMLP:
+    def _build(self, model: nn.Module) -> WidthAugmentedNet:
         body, head = _parts(model)
         assert self.index_ is not None and self.width_ is not None
         with torch.random.fork_rng(devices=[]):  # the modules' own init draws: values set next
-            return WidthAugmentedMLP(body, head, index=self.index_, width=self.width_,
+            return WidthAugmentedNet(body, head, index=self.index_, width=self.width_,
                                      normalize=self.normalize,
                                      scale_init=self.scale_init).to(head.weight.device)
 
@@ -236,12 +264,13 @@ class WidthAugment:
             return None
         net = self._build(learner.model)
         gen = torch.Generator().manual_seed(int(self.seed))
-        fan_in = net.plus.in_features
+        w = net.plus.weight
+        fan_in = w[0].numel()                     # inputs x kernel positions of one new unit
+        above = net.head if net.above is None else net.body[net.above]
+        fan = above.weight[0].numel() + net.plus_out.weight[0].numel()  # reads both groups
         with torch.no_grad():
-            net.plus.weight.copy_(_uniform(tuple(net.plus.weight.shape), fan_in, gen))
+            w.copy_(_uniform(tuple(w.shape), fan_in, gen))
             net.plus.bias.copy_(_uniform(tuple(net.plus.bias.shape), fan_in, gen))
-            above = net.head if net.above is None else net.body[net.above]
-            fan = above.in_features + net.width   # the layer above now reads both groups
             net.plus_out.weight.copy_(_uniform(tuple(net.plus_out.weight.shape), fan, gen))
         self.widened_ = True
         return net
