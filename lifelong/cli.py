@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -325,117 +324,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_grid(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list[Any],
-                                                    list[int]]:
-    """Parse and validate the whole grid (names, seeds, every cell's config) before any run."""
-    from lifelong.config import apply_overrides, load_yaml, resolve
-    from lifelong.registry import get_registry
-
-    base = apply_overrides(load_yaml(args.config), args.set or []) if args.config else {}
-    strategies = [s.strip() for s in args.strategies.split(",")]
-    streams: list[Any] = [s.strip() for s in args.streams.split(",")] if args.streams else [None]
-    seeds = []
-    for s in args.seeds.split(","):
-        try:
-            seeds.append(int(s.strip()))
-        except ValueError:
-            raise ConfigError(f"--seeds {args.seeds!r}: {s.strip()!r} is not an integer; give "
-                              "comma-separated integers, e.g. 0,1,2") from None
-    for what, items in (("strategies", strategies), ("streams", streams), ("seeds", seeds)):
-        if not items or any(i == "" for i in items):
-            raise ConfigError(f"--{what}: an empty name in {getattr(args, what)!r}")
-        if len(set(items)) != len(items):
-            raise ConfigError(f"--{what}: {getattr(args, what)!r} names one twice")
-    reg = get_registry()
-    for name in strategies:
-        reg.get("strategy", name)  # RegistryError with suggestions
-    for name in streams:
-        if name is not None:
-            reg.get("stream", name)
-    for stream in streams:
-        for strat in strategies:
-            for seed in seeds:
-                resolve(_bench_cell(base, stream, strat, seed), reg)
-    return base, strategies, streams, seeds
-
-
-def _bench_cell(base: dict[str, Any], stream: Any, strategy: str, seed: int) -> dict[str, Any]:
-    raw = dict(base)
-    if stream is not None:
-        raw["stream"] = {**(base.get("stream") or {}), "name": stream}
-    raw.update({"strategy": strategy, "seed": seed})
-    return raw
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Strategies x streams x seeds, in-process; prints mean +- std per cell.
+    """Strategies x streams x axes x seeds: see :mod:`lifelong.bench`."""
+    from lifelong.bench.command import cmd_bench as bench
 
-    The whole grid is validated before the first run; a run that fails is recorded
-    as a failed row (strategy, stream, seed, error) and the others go on; each
-    finished run is appended to ``bench_runs.jsonl`` in ``--out`` as it ends.
-    """
-    from rich.table import Table
-
-    from lifelong.run import run_config
-
-    console = _console(args.quiet)
-    base, strategies, streams, seeds = _bench_grid(args)
-    out = check_out_dir(args.out) if args.out else None
-    log = out / "bench_runs.jsonl" if out is not None else None
-    if log is not None:
-        log.write_text("")
-    rows: list[dict[str, Any]] = []
-    failures: list[str] = []
-    for stream in streams:
-        stream_name = stream or (base.get("stream") or {}).get("name")
-        for strat in strategies:
-            accs, forg, failed = [], [], []
-            for seed in seeds:
-                record: dict[str, Any] = {"stream": stream_name, "strategy": strat, "seed": seed}
-                try:
-                    m = run_config(_bench_cell(base, stream, strat, seed))
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one failed run must not end the bench
-                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    kind = "" if isinstance(exc, LifelongError) else f"{type(exc).__name__}: "
-                    record.update(status="failed", error=f"{kind}{msg}"[:300])
-                    failed.append(seed)
-                    failures.append(f"{strat} on {stream_name}, seed {seed}: {kind}{msg}"[:300])
-                else:
-                    accs.append(m["final_avg_accuracy"] or 0.0)
-                    forg.append(m["avg_forgetting"] or 0.0)
-                    record.update(status="ok", final_avg_accuracy=m["final_avg_accuracy"],
-                                  avg_forgetting=m["avg_forgetting"])
-                if log is not None:
-                    with open(log, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                        fh.flush()
-            rows.append({"stream": stream_name, "strategy": strat,
-                         "final_avg_accuracy": statistics.mean(accs) if accs else None,
-                         "std": statistics.pstdev(accs) if accs else None,
-                         "avg_forgetting": statistics.mean(forg) if forg else None,
-                         "failed_seeds": failed})
-    t = Table(title=f"benchmark ({len(seeds)} seeds)")
-    for col in ("stream", "strategy", "final_avg_accuracy", "std", "avg_forgetting", "failed"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(*[_fmt(r[c]) for c in ("stream", "strategy", "final_avg_accuracy", "std",
-                                          "avg_forgetting")],
-                  ",".join(map(str, r["failed_seeds"])) or "-")
-    console.print(t)
-    if out is not None:
-        tmp = out / ".bench.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(out / "bench.json")
-    if failures:
-        total = len(streams) * len(strategies) * len(seeds)
-        for f in failures:
-            print(f"failed: {f}", file=sys.stderr)
-        print(f"error: {len(failures)} of {total} runs failed (their rows say which); the "
-              "others finished", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return bench(args)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -536,14 +429,18 @@ def make_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", nargs="?", choices=("stream", "backbone", "plugin", "strategy",
                                                *PLURALS.values()))
     ls.set_defaults(func=cmd_list)
-    b = sub.add_parser("bench", help="strategies x streams x seeds, in-process")
+    b = sub.add_parser("bench", help="strategies x streams x axes x seeds; rows, resume, summary")
     b.add_argument("--config", help="base YAML config")
-    b.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    b.add_argument("--strategies", help="comma-separated strategy names (a+b: a plugin list)")
     b.add_argument("--streams", help="comma-separated stream names (default: the config's)")
-    b.add_argument("--seeds", default="0,1,2")
-    b.add_argument("--set", action="append", metavar="KEY=VALUE")
-    b.add_argument("--out")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key; a list value is an axis: strategy.mem_size=[200,500]")
+    b.add_argument("--out", help="directory for bench_runs.jsonl/.csv, runs/<hash>/, bench.json")
+    b.add_argument("--quiet", action="store_true", help="plain lines instead of the progress view")
+    from lifelong.bench.command import add_arguments as bench_arguments
+
+    bench_arguments(b)
     b.set_defaults(func=cmd_bench)
     tu = sub.add_parser("tune", help="tune hyper-parameters on the first experiences (Optuna), "
                                      "report the best on the rest with fresh seeds")
