@@ -344,3 +344,35 @@ def test_missing_ray_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch,
 def test_bad_backend_flags(tmp_path, capsys, argv, msg):
     assert main(["bench", "--config", base_file(tmp_path), "--strategies", "naive", *argv]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_shipped_grid_files_expand():
+    root = Path(__file__).parent.parent / "examples" / "grids"
+    files = sorted(root.glob("*.yaml"))
+    assert files
+    for path in files:
+        cells = expand(load_grid_file(path))
+        assert cells and len({c.hash for c in cells}) == len(cells), path
+
+
+def test_workers_hand_each_run_its_share_of_the_threads(tmp_path, monkeypatch, fake_runs):
+    import concurrent.futures
+
+    import lifelong.threads
+
+    calls, _ = fake_runs
+    pools = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):  # the same interface, in this process
+        def __init__(self, max_workers, mp_context):
+            pools.append((max_workers, mp_context.get_start_method()))
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(lifelong.threads, "available_cores", lambda: 7)
+    out = tmp_path / "o"
+    assert main(["bench", "--config", base_file(tmp_path), "--strategies", "naive,er", "--seeds",
+                 "0,1", "--out", str(out), "--quiet", "--workers", "3"]) == 0
+    assert pools == [(3, "spawn")]
+    assert sorted(c["train"]["threads"] for c in calls) == [2, 2, 2, 2]  # 7 // 3
+    assert len(rows_of(out)) == 4 and {r["backend"] for r in rows_of(out)} == {"workers"}
