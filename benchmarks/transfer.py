@@ -33,9 +33,11 @@ by 0.15 on average. The first claim reproduces (+0.033 / +0.041, and with
 the body frozen the widened layer adds +0.17 / +0.20 over a new head alone);
 the second does not at this scale: at the paper's 10x rate for the new parts
 WA-CNN is 0.02 below plain fine-tuning, and at one rate for every layer it
-ties with it (+0.011 / -0.001, inside the seeds' spread). About 1-2 minutes. The last printed line is one JSON object:
-method -> {"accuracy_10": .., "accuracy_50": ..} (means over seeds), plus
-"activation_ratio", "scale_shift" and "torch_threads".
+ties with it (+0.011 / -0.001, inside the seeds' spread). About 1-2 minutes.
+
+The last printed line is one JSON object: method -> {"accuracy_10": ..,
+"accuracy_50": ..} (means over seeds), plus "activation_ratio",
+"scale_shift" and "torch_threads".
 """
 
 from __future__ import annotations
