@@ -40,9 +40,13 @@ Capacity", CVPR 2017. Hyper-parameters and where they come from:
   new layers (the new units and the classifier) at 10 times the rate of the
   fine-tuned pre-trained layers; here the new units, the scales and the head
   train at the learner's rate and the pre-trained body at ``0.1`` times it
-  (``0`` freezes it: the paper's "New" setting). The paper's SGD with momentum
-  0.9, weight decay 0.0005 and a step schedule is the learner's optimizer
-  configuration (see ``examples/width_augment.yaml``), not this plugin's.
+  (``0`` freezes it: the paper's "New" setting of table 1; its "FC7-New" and
+  "FC6-New", fine-tuning from a layer up, are ``finetune``'s ``freeze_upto``;
+  the default is its "All"). Training is one stage, as in the paper: no
+  head-only warm-up before the whole network trains. The paper's SGD with
+  momentum 0.9 and weight decay 0.0005 is the learner's optimizer
+  configuration (see ``examples/width_augment.yaml``); its step learning-rate
+  schedule (divided by 10 during fine-tuning) is not part of this plugin.
 
 Backbones: ``mlp`` without normalisation layers (the new units would need
 their own); a dropout after the widened layer drops both groups, and the
