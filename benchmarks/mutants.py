@@ -251,6 +251,41 @@ MUTANTS: tuple[Mutant, ...] = (
       "if self.peak and mean < self.mean_threshold:",
       (f"{T_FID}::test_plateau_needs_a_low_variance_window_too",),
       "the plateau rule ignores the variance"),
+    # ------------------------------------------------------------------ transfer
+    M("width-augment-no-normalisation", "lifelong/plugins/transfer/width_augment.py",
+      "unit = F.normalize(h.flatten(1), p=2.0, dim=1, eps=EPS).view_as(h)", "unit = h",
+      ("tests/test_width_augment.py::test_normalize_and_scale_against_a_hand_computation",),
+      "WA-CNN scales the activations without L2-normalising them"),
+    M("width-augment-scale-dropped", "lifelong/plugins/transfer/width_augment.py",
+      "return unit * gamma.view(1, -1, *([1] * (h.dim() - 2)))", "return unit",
+      ("tests/test_width_augment.py::test_normalize_and_scale_against_a_hand_computation",),
+      "WA-CNN normalises without the learned scale"),
+    M("width-augment-new-group-unnormalised", "lifelong/plugins/transfer/width_augment.py",
+      "return normalize_and_scale(old, self.scale), normalize_and_scale(new, self.scale_plus)",
+      "return normalize_and_scale(old, self.scale), new",
+      ("tests/test_width_augment.py::"
+       "test_widening_keeps_the_pretrained_units_and_normalises_both_groups",),
+      "only the pre-trained group is normalised and scaled"),
+    M("width-augment-scale-init-ignored", "lifelong/plugins/transfer/width_augment.py",
+      "self.scale = nn.Parameter(torch.full((n_old,), float(scale_init)))",
+      "self.scale = nn.Parameter(torch.ones(n_old))",
+      ("tests/test_width_augment.py::"
+       "test_widening_keeps_the_pretrained_units_and_normalises_both_groups",),
+      "the pre-trained group's scales start at 1, not scale_init"),
+    M("width-augment-not-regrown", "lifelong/plugins/transfer/width_augment.py",
+      "        if not self.widened_:\n            return None\n        return self._build(",
+      "        if True:\n            return None\n        return self._build(",
+      ("tests/test_width_augment.py::test_kill_and_resume_after_widening_is_bit_identical",),
+      "a checkpoint of a widened model is loaded into the plain one"),
+    M("width-augment-lr-mult-ignored", "lifelong/plugins/transfer/width_augment.py",
+      "if self.pretrained_lr_mult == 1:", "if True:",
+      ("tests/test_width_augment.py::"
+       "test_lr_multipliers_pretrained_body_slower_new_parts_at_the_learners_rate",),
+      "the pre-trained layers train at the new parts' rate"),
+    M("width-augment-dead-new-units", "lifelong/plugins/transfer/width_augment.py",
+      "w.copy_(_uniform(tuple(w.shape), fan_in, gen))", "w.zero_()",
+      ("tests/test_width_augment.py::test_new_units_are_seeded_like_a_fresh_linear_layer",),
+      "the new units' incoming weights start at zero"),
 )
 
 
