@@ -267,3 +267,19 @@ def test_cnn_widening_keeps_the_pretrained_channels_and_resumes_exactly(layer):
         net.plus_out.weight.zero_()
         assert torch.equal(net(x), before(x))               # zero outgoing weights: same function
     check_resume_exact(functools.partial(_CNNWidthAugment, layer=layer, width=3))
+
+
+def test_a_plugin_capturing_the_whole_body_is_refused_before_the_first_batch():
+    from lifelong.errors import CompositionError
+    from lifelong.plugins.distillation.rkd import RKD
+    from lifelong.testing import contract_teacher
+
+    stream = tiny_stream()
+    learner = make_learner([WidthAugment(), RKD(teacher=contract_teacher())], stream)
+    with pytest.raises(CompositionError, match=r"plugin 'width_augment': another plugin "
+                                               r"captures the features of layer 'body'") as e:
+        learner.fit(stream)
+    assert "\n" not in str(e.value) and learner.step_index == 0
+    ok = make_learner([WidthAugment(), RKD(teacher=contract_teacher(), student_layer="body.1")],
+                      stream).fit(stream)
+    assert isinstance(ok.model, WidthAugmentedNet)

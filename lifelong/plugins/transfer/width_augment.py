@@ -79,7 +79,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lifelong.backbones import MLP, SmallCNN
-from lifelong.errors import CheckpointError, ConfigError
+from lifelong.errors import CheckpointError, CompositionError, ConfigError
 from lifelong.features import check_layer
 from lifelong.hookspecs import hookimpl
 from lifelong.validation import check_number, state_get, state_number
@@ -266,6 +266,11 @@ class WidthAugment:
     def expand_model(self, learner: Any, experience: Any) -> nn.Module | None:
         if self.widened_:
             return None
+        if "body" in learner.features.names:  # requested in before_training, which ran already
+            raise CompositionError(
+                "plugin 'width_augment': another plugin captures the features of layer 'body', "
+                "which the widened network does not run as one module (its top layer has two "
+                "unit groups); give that plugin a layer inside it (e.g. 'body.1') or drop one")
         net = self._build(learner.model)
         gen = torch.Generator().manual_seed(int(self.seed))
         w = net.plus.weight
