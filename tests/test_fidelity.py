@@ -179,6 +179,24 @@ def test_lwf_term_uses_temperature_and_lambda():
     assert got == pytest.approx(0.7 * float(kl), rel=1e-5)
 
 
+def test_lwf_multihead_term_uses_temperature():
+    """Kills lwf-multihead-temperature-ignored: each head is its own softmax at temperature T."""
+    old_logits = torch.tensor([[2.0, 0.0, -1.0, 1.0], [0.5, 1.5, 0.0, -2.0]])
+    new_logits = torch.tensor([[0.0, 1.0, 0.0, 2.0], [1.0, -1.0, 2.0, 0.0]])
+    plugin = LwF(temperature=3.0, multihead=True)
+    plugin.heads_ = torch.tensor([0, 0, 2, 2])
+    plugin.old_ = lambda x: old_logits
+    step = SimpleNamespace(batch=Batch(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)),
+                           stream_logits=new_logits)
+
+    def kl(cols):
+        p = F.log_softmax(old_logits[:, cols] / 3.0, 1)
+        return (p.exp() * (p - F.log_softmax(new_logits[:, cols] / 3.0, 1))).sum(1)
+
+    got = float(plugin.loss_terms(None, step)["lwf"])
+    assert got == pytest.approx(float((kl([0, 1]) + kl([2, 3])).mean()), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- GEM
 def _gem_with_rows(rows, g, monkeypatch, **kw):
     stream = tiny_stream()

@@ -89,6 +89,33 @@ def test_last_writer_wins_keeps_the_latest_sample_per_slot():
     assert last_writer_wins(slots, trash=9).tolist() == [9, 9, 9, 9, 0, 3, 2]
 
 
+def test_last_writer_wins_small_and_large_batches_match_sequential_writes():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 64, 65, 300):   # the (B, B) comparison up to 64, the sort above
+        slots = torch.randint(-1, 12, (n,), generator=g)
+        final = {int(s): i for i, s in enumerate(slots.tolist()) if s >= 0}
+        want = [s if s >= 0 and final[s] == i else 99 for i, s in enumerate(slots.tolist())]
+        assert last_writer_wins(slots, trash=99).tolist() == want
+
+
+class _GenericReservoir(Reservoir):
+    """A Reservoir that the buffer does not recognise: it takes the generic insert path."""
+
+
+def test_buffer_reservoir_fast_paths_equal_the_generic_insert():
+    torch.manual_seed(0)
+    for cap, size in ((30, 4), (7, 3), (5, 12), (16, 16)):
+        fast, slow = Buffer(cap, seed=3), Buffer(cap, selection=_GenericReservoir(), seed=3)
+        for _ in range(25):
+            x, y = torch.randn(size, 2), torch.randint(0, 5, (size,))
+            z = torch.randn(size, 3)
+            assert torch.equal(fast.add(x, y, logits=z), slow.add(x, y, logits=z))
+            assert torch.equal(fast.sample(4).x, slow.sample(4).x)
+        for k in fast.columns:
+            assert torch.equal(fast.columns[k][:cap], slow.columns[k][:cap])
+        assert fast.generator.get_state().equal(slow.generator.get_state())
+
+
 def test_reservoir_fills_in_order_then_respects_capacity():
     buf = Buffer(10, seed=0)
     buf.add(*ids(4))

@@ -13,10 +13,11 @@ from torch import nn
 from lifelong import CompositionError, ConfigError, Learner, NonFiniteLossError, hookimpl
 from lifelong.backbones import mlp
 from lifelong.plugins.evaluation import AccuracyMatrix
+from lifelong.plugins.regularization._common import quadratic_penalty
 from lifelong.plugins.regularization.ewc import EWC, OnlineEWC, ewc_penalty, fisher_diagonal, merge_quadratic
-from lifelong.plugins.regularization.lwf import LwF, distillation_loss
+from lifelong.plugins.regularization.lwf import LwF, distillation_loss, single_head_distillation_loss
 from lifelong.plugins.regularization.mas import MAS, mas_importance
-from lifelong.plugins.regularization.si import SI, path_integral_step_, si_importance
+from lifelong.plugins.regularization.si import SI, path_integral_step_, si_importance, si_penalty
 from lifelong.registry import get_registry
 from lifelong.stream import scenarios
 from lifelong.stream.base import Batch
@@ -153,6 +154,37 @@ def test_si_path_integral_and_consolidation_on_a_hand_example():
     torch.testing.assert_close(imp, torch.tensor([0.5 / 0.26, 0.0, 0.0]))  # negatives clamp to 0
     again = si_importance(imp, torch.tensor([0.26, 0.0, 0.0]), travelled, xi=0.1)
     torch.testing.assert_close(again, imp + torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_si_penalty_value_and_gradient_equal_autograd_through_the_quadratic_penalty():
+    torch.manual_seed(0)
+    shapes = {"a": (3, 4), "b": (4,), "grown": (5, 2)}
+    w = {"a": torch.rand(3, 4), "b": torch.rand(4), "grown": torch.rand(3, 2)}  # leading block
+    anchor = {n: torch.randn(v.shape) for n, v in w.items()}
+    theta = {n: torch.randn(s) for n, s in shapes.items()}
+    grads = []
+    for fn in (quadratic_penalty, si_penalty):
+        ps = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
+        value = fn(ps, anchor, w)
+        (0.3 * value).backward()
+        grads.append((value.detach(), {n: p.grad for n, p in ps.items()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    for n in shapes:
+        torch.testing.assert_close(grads[1][1][n], grads[0][1][n])
+
+
+def test_single_head_distillation_equals_the_grouped_loss_with_its_gradient():
+    torch.manual_seed(0)
+    old, new = torch.randn(6, 5), torch.randn(6, 5)
+    heads = torch.tensor([0, -1, 0, 0, -1])
+    got = []
+    for fn, arg in ((distillation_loss, heads), (single_head_distillation_loss, torch.tensor([0, 2, 3]))):
+        z = new.clone().requires_grad_(True)
+        loss = fn(z, old, arg, 2.0)
+        loss.backward()
+        got.append((loss.detach(), z.grad))
+    torch.testing.assert_close(got[1][0], got[0][0])
+    torch.testing.assert_close(got[1][1], got[0][1])
 
 
 class _CEGradProbe:

@@ -192,14 +192,36 @@ def _check_selection_state(state: Any, capacity: int) -> None:
         raise CheckpointError(f"the buffer's n_parts is {n_parts!r}")
 
 
+_PAIRWISE_MAX = 64
+_LATER: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _later(n: int, device: torch.device) -> Tensor:
+    """``m[i, j] = j > i`` for an (n, n) batch, cached per size and device."""
+    key = (n, device)
+    m = _LATER.get(key)
+    if m is None:
+        m = _LATER[key] = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    return m
+
+
 def last_writer_wins(slots: Tensor, trash: int) -> Tensor:
     """Resolve samples of one batch aimed at the same slot as sequential writes would.
 
     ``slots[i]`` is sample i's target (``-1``: none). Among samples with the
     same target only the last one (highest i) keeps it; every other sample is
-    sent to ``trash``. O(B log B), no host sync.
+    sent to ``trash``. No host sync: a (B, B) comparison for small batches,
+    a stable sort (O(B log B)) for larger ones.
     """
-    s = torch.where(slots < 0, trash, slots)
+    return _later_wins(torch.where(slots < 0, trash, slots), trash)
+
+
+def _later_wins(s: Tensor, trash: int) -> Tensor:
+    """:func:`last_writer_wins` for targets already in ``0..trash`` (``trash``: none)."""
+    n = s.shape[0]
+    if n <= _PAIRWISE_MAX:  # small batch: one (B, B) comparison beats a sort
+        dup = ((s.unsqueeze(1) == s.unsqueeze(0)) & _later(n, s.device)).any(1)
+        return s.masked_fill(dup, trash)
     sorted_s, order = torch.sort(s, stable=True)
     last = torch.ones_like(sorted_s, dtype=torch.bool)
     last[:-1] = sorted_s[1:] != sorted_s[:-1]
@@ -263,8 +285,18 @@ class Buffer:
                 raise DataError(f"buffer column {name!r} holds samples of shape "
                                 f"{tuple(self.columns[name].shape[1:])}, got {tuple(v.shape[1:])}")
         dev = self.device
-        slots = self.selection.assign(self, y.to(dev), None if task is None else task.to(dev))
-        dst = last_writer_wins(slots, self.capacity)
+        sel = self.selection
+        if type(sel) is Reservoir and sel.seen + n <= self.capacity:
+            # filling: the samples take the next n slots (distinct; no resolution needed)
+            start = sel.fill(self, n)
+            for name, v in cols.items():
+                self.columns[name][start:start + n].copy_(v.detach())
+            return torch.arange(start, start + n, device=dev)
+        if type(sel) is Reservoir and sel.seen >= self.capacity:  # full: slot or the trash row
+            dst = _later_wins(sel.replace(self, n), self.capacity)
+        else:
+            slots = sel.assign(self, y.to(dev), None if task is None else task.to(dev))
+            dst = last_writer_wins(slots, self.capacity)
         for name, v in cols.items():
             col = self.columns[name]
             col.index_copy_(0, dst, v.detach().to(device=dev, dtype=col.dtype))

@@ -79,9 +79,14 @@ def reservoir_slots(index: Tensor, capacity: Tensor | int, generator: torch.Gene
     uniform j in {0, ..., n} is drawn and the sample replaces slot j if
     j < capacity. ``capacity`` may be a tensor (one per sample).
     """
-    u = torch.rand(index.shape, dtype=torch.float64, generator=generator, device=index.device)
-    j = torch.minimum((u * (index + 1)).long(), index)
+    j = _uniform_upto(index, generator)
     return torch.where(index < capacity, index, torch.where(j < capacity, j, -1))
+
+
+def _uniform_upto(index: Tensor, generator: torch.Generator) -> Tensor:
+    """A uniform integer in ``{0, ..., index}`` per element (one float64 draw each)."""
+    u = torch.rand(index.shape, dtype=torch.float64, generator=generator, device=index.device)
+    return torch.minimum((u * (index + 1)).long(), index)
 
 
 class Reservoir:
@@ -94,6 +99,26 @@ class Reservoir:
         index = torch.arange(self.seen, self.seen + y.shape[0], device=y.device)
         self.seen += int(y.shape[0])
         return reservoir_slots(index, buffer.capacity, buffer.generator)
+
+    def fill(self, buffer: Buffer, n: int) -> int:
+        """:meth:`assign` for ``n`` samples that all fit in the free slots: the first slot.
+
+        They take slots ``seen .. seen + n - 1``; the generator advances exactly
+        as :meth:`assign` advances it, so both paths give the same buffer.
+        """
+        start = self.seen
+        torch.rand((n,), dtype=torch.float64, generator=buffer.generator, device=buffer.device)
+        self.seen += n
+        return start
+
+    def replace(self, buffer: Buffer, n: int) -> Tensor:
+        """:meth:`assign` for ``n`` samples once the buffer is full, not-stored as
+        ``capacity`` (the buffer's trash row) instead of -1; same draws, same slots."""
+        cap = buffer.capacity
+        index = torch.arange(self.seen, self.seen + n, device=buffer.device)
+        self.seen += n
+        j = _uniform_upto(index, buffer.generator)
+        return j.masked_fill(j >= cap, cap)
 
     def filled(self, buffer: Buffer) -> int:
         return min(self.seen, buffer.capacity)

@@ -48,7 +48,7 @@ from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.validation import check_number
 
-__all__ = ["LwF", "distillation_loss", "grouped_log_softmax"]
+__all__ = ["LwF", "distillation_loss", "grouped_log_softmax", "single_head_distillation_loss"]
 
 
 def grouped_log_softmax(z: Tensor, groups: Tensor) -> Tensor:
@@ -89,6 +89,20 @@ def distillation_loss(new_logits: Tensor, old_logits: Tensor, heads: Tensor,
     return kl.sum(1).mean()
 
 
+def single_head_distillation_loss(new_logits: Tensor, old_logits: Tensor, units: Tensor,
+                                  temperature: float) -> Tensor:
+    """:func:`distillation_loss` when every distilled unit is in one head: ``units`` lists them.
+
+    >>> z, o = torch.randn(4, 3), torch.randn(4, 3)
+    >>> a = single_head_distillation_loss(z, o, torch.tensor([0, 1]), 2.0)
+    >>> bool(torch.isclose(a, distillation_loss(z, o, torch.tensor([0, 0, -1]), 2.0)))
+    True
+    """
+    lp_new = (new_logits.index_select(1, units) / temperature).log_softmax(1)
+    lp_old = (old_logits.index_select(1, units) / temperature).log_softmax(1)
+    return (lp_old.exp() * (lp_old - lp_new)).sum(1).mean()
+
+
 class LwF:
     """Learning without forgetting: distill the last snapshot's outputs on the stream batch."""
 
@@ -118,6 +132,8 @@ class LwF:
         self.seen_: Tensor | None = None        # classes seen since the last snapshot
         self.n_consolidations_ = 0
         self._pending: dict[str, Tensor] | None = None  # snapshot weights loaded, not built yet
+        self._units: Tensor | None = None  # distilled units when they form one head
+        self._units_of: Tensor | None = None  # the heads_ tensor _units was derived from
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -143,7 +159,13 @@ class LwF:
         with torch.no_grad():
             conditioned = bool(getattr(self.old_, "task_conditioned", False))
             old = self.old_(batch.x, batch.task) if conditioned else self.old_(batch.x)
-        loss = distillation_loss(step.stream_logits, old, self.heads_, self.temperature)
+        if self._units_of is not self.heads_:  # heads_ changed (consolidation, load)
+            self._units, self._units_of = _single_head_units(self.heads_), self.heads_
+        if self._units is not None:
+            loss = single_head_distillation_loss(step.stream_logits, old, self._units,
+                                                 self.temperature)
+        else:
+            loss = distillation_loss(step.stream_logits, old, self.heads_, self.temperature)
         return {"lwf": self.lwf_lambda * loss}
 
     @hookimpl
@@ -207,6 +229,14 @@ class LwF:
         self.n_consolidations_ = n
         self.old_ = None
         self._pending = None if old is None else dict(old)
+
+
+def _single_head_units(heads: Tensor) -> Tensor | None:
+    """Indices of the distilled units if they all share one head, else ``None`` (read on the
+    host once per change of ``heads``, not per step)."""
+    units = torch.nonzero(heads >= 0).flatten()
+    h = heads[units]
+    return units if len(h) == 0 or bool((h == h[0]).all()) else None
 
 
 def _snapshot(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> nn.Module:
