@@ -39,6 +39,7 @@ TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "epochs": (int,), "optimizer": (str,), "lr": (float, int),
     "momentum": (float, int), "weight_decay": (float, int), "nan_policy": (str,),
     "check_every": (int,), "detect_in_task_aware": (bool,), "threads": (int, str),
+    "compile": (bool,),
 }
 EVAL_KEYS: dict[str, tuple[type, ...]] = {
     "every": (int,), "prequential": (bool,), "window": (int,), "matrix": (bool,),

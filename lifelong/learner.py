@@ -256,6 +256,9 @@ class Learner:
         declare ``requires = ("target",)`` get a target batch each step
         (:mod:`lifelong.stream.target`), and every evaluation also reports the
         accuracy on its held-out data (``EvalReport.target``).
+    :param compile: run each training step's forward and backward through
+        ``torch.compile`` (:mod:`lifelong.compiled` says what is compiled and what
+        differs); a model that cannot be compiled trains eager, said in one line.
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class Learner:
         check_every: int | None = None,
         detect_in_task_aware: bool = False,
         target: Stream | None = None,
+        compile: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {batch_size}")
@@ -305,6 +309,10 @@ class Learner:
         self.nan_policy = nan_policy
         self.check_every = check_every or (1 if self.device.type == "cpu" else 100)
         self.detect_in_task_aware = detect_in_task_aware
+        if not isinstance(compile, bool):
+            raise ConfigError(f"train.compile must be true or false, got {compile!r}")
+        self.compile = compile
+        self._compiled: Any = None  # lifelong.compiled.CompiledForward, built on first use
         self.pm = pluggy.PluginManager("lifelong")
         self.pm.add_hookspecs(hookspecs)
         for i, p in enumerate(self.plugins):
@@ -562,6 +570,14 @@ class Learner:
             return self.model(x, task)
         return self.model(x)
 
+    def _train_forward(self, x: Tensor, task: Tensor | None) -> Tensor:
+        """:meth:`forward` through ``torch.compile`` (``train.compile``; see lifelong.compiled)."""
+        if self._compiled is None or self._compiled.model is not self.model:
+            from lifelong.compiled import CompiledForward
+
+            self._compiled = CompiledForward(self.model, self.device)
+        return self._compiled(x, task) if self._task_conditioned else self._compiled(x)
+
     def _task_of(self, eval_set: EvalSet, n: int) -> Tensor | None:
         if not self._task_conditioned:
             return None
@@ -712,7 +728,7 @@ class Learner:
         if self._needs_target and self._target is not None:
             x, task = self._concat_target(step, x, task)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.forward(x, task)
+        logits = self._train_forward(x, task) if self.compile else self.forward(x, task)
         losses = step.losses
         if batch.targets is None:
             step.logits = logits
@@ -995,7 +1011,7 @@ class Learner:
                          "batch_in_experience": self.batch_in_experience,
                          "skipped_batches": self.skipped_batches,
                          "boundaries_detected": list(self.boundaries_detected)},
-            "env": {"torch_threads": torch.get_num_threads()},
+            "env": {"torch_threads": torch.get_num_threads(), "compile": self.compile},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1051,6 +1067,12 @@ class Learner:
                               f"process uses {torch.get_num_threads()}: the resumed run will not "
                               "be bit-identical to an uninterrupted one", RuntimeWarning,
                               stacklevel=2)
+            was = env.get("compile") if isinstance(env, dict) else None
+            if isinstance(was, bool) and was != self.compile:
+                warnings.warn(f"the checkpoint was written with train.compile: {str(was).lower()}, "
+                              f"this run has {str(self.compile).lower()}: compiled and eager steps "
+                              "round differently, so the resumed run will not be bit-identical to "
+                              "an uninterrupted one", RuntimeWarning, stacklevel=2)
 
 
 class _StopRun(Exception):

@@ -156,6 +156,7 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         batch_size=train["batch_size"], epochs=train["epochs"], device=cfg["device"], seed=seed,
         nan_policy=train["nan_policy"], check_every=train.get("check_every"),
         detect_in_task_aware=train.get("detect_in_task_aware", False), target=target,
+        compile=train.get("compile", False),
     )
     cfg["train"] = train
     return Run(cfg, stream, learner, plugins, threads=threads, threads_rule=threads_rule)
@@ -177,6 +178,7 @@ def collect_metrics(run: Run) -> dict[str, Any]:
         "device": str(lr.device),
         "threads": run.threads,
         "threads_rule": run.threads_rule,
+        "compile": lr.compile,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "config": run.config,

@@ -1,0 +1,131 @@
+"""``train.compile``: naive and ER compiled against eager on CPU, and what compile changes.
+
+Protocol: benchmarks/floor.py's (online split MNIST subset, 5 experiences,
+batch 10, SGD 0.1, MLP 784-256-256-10, one torch thread, seed 0); ER with a
+reservoir of 200. For each method: one eager run, one compiled run that pays
+the compilation (its time is reported apart), then ``--repeats`` timed runs
+of each, interleaved, compiled runs reusing the process's compiled code
+(TorchDynamo's cache and Inductor's FX graph cache in a private directory).
+Time is the training loop's CPU time (``time.process_time``), as in
+floor.py. Also checked, with compile on: determinism (two compiled runs,
+same weights bit for bit), exact resume (a compiled run stopped half way,
+checkpointed and resumed equals the uninterrupted compiled run), and the
+largest weight difference from the eager run (rounding from Inductor's
+fused kernels).
+
+Last line: ``{"<method>": {"eager_cpu_s": .., "compiled_cpu_s": ..,
+"compiled_over_eager": .., "first_compile_s": ..}, "deterministic": ..,
+"exact_resume": .., "max_abs_diff_vs_eager": .., "threads": .., "load_average": ..,
+"compiler": ..}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import torch
+
+from lifelong import Learner
+from lifelong.backbones import mlp
+from lifelong.plugins.replay import ER
+from lifelong.stream.catalog import split_mnist
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def learner(method: str, compile: bool) -> Learner:
+    """A fresh learner; compiled runs of one method share one model object (its weights reset
+    to the seed's initial ones), so they reuse its compiled code instead of recompiling."""
+    torch.manual_seed(0)
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    if compile:
+        shared = _MODELS.setdefault(method, model)
+        shared.load_state_dict(model.state_dict())
+        model = shared
+    plugins = [ER(mem_size=200, seed=0)] if method == "er" else []
+    return Learner(model, plugins=plugins, lr=0.1, batch_size=10, device="cpu", seed=0,
+                   compile=compile)
+
+
+def timed(method: str, stream, compile: bool) -> tuple[float, Learner]:
+    lr = learner(method, compile)
+    t0 = time.process_time()
+    lr.fit(stream, evaluate=False)
+    return time.process_time() - t0, lr
+
+
+def weights(lr: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in lr.model.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", default="naive,er")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cache = tempfile.mkdtemp(prefix="lifelong-inductor-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+    compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    stream = split_mnist(n_experiences=5, seed=0)
+    result: dict[str, object] = {}
+    print(f"{'method':<8}{'eager cpu s':>12}{'compiled cpu s':>15}{'compiled/eager':>15}"
+          f"{'first compile s':>16}")
+    ref: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        for m in args.methods.split(","):
+            timed(m, stream, False)                     # warm-up
+            t0 = time.perf_counter()
+            _, first = timed(m, stream, True)           # pays the compilation
+            first_s = time.perf_counter() - t0
+            w_first = weights(first)                    # compiled runs share one model object
+            eager, comp = [], []
+            for _ in range(args.repeats):
+                t, e = timed(m, stream, False)
+                eager.append(t)
+                w_eager = weights(e)
+                t, c = timed(m, stream, True)
+                comp.append(t)
+                ref[m] = weights(c)
+            if m == "naive":
+                result["deterministic"] = same(w_first, ref[m])
+                result["max_abs_diff_vs_eager"] = max(
+                    float((w_eager[k] - ref[m][k]).abs().max()) for k in ref[m])
+            te, tc = statistics.median(eager), statistics.median(comp)
+            print(f"{m:<8}{te:>12.3f}{tc:>15.3f}{tc / te:>15.3f}{first_s:>16.1f}")
+            result[m] = {"eager_cpu_s": round(te, 3), "compiled_cpu_s": round(tc, 3),
+                         "compiled_over_eager": round(tc / te, 3), "first_compile_s": round(first_s, 1)}
+        m = "er" if "er" in ref else next(iter(ref))
+        n = sum(len(e.y) for e in stream.experiences()) // 10
+        half = learner(m, True)
+        half.fit(stream, evaluate=False, stop_after=n // 2)
+        buf = io.BytesIO()
+        torch.save(half.state_dict(), buf)
+        buf.seek(0)
+        resumed = learner(m, True)
+        resumed.fit(stream, evaluate=False, state=torch.load(buf, weights_only=False))
+        result["exact_resume"] = same(weights(resumed), ref[m])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    result.update({"threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2),
+                   "compiler": compiler, "torch": torch.__version__})
+    print(f"{args.repeats} interleaved repeats, median CPU seconds of training; torch threads "
+          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; C++ compiler {compiler}; "
+          f"deterministic {result.get('deterministic')}, exact resume {result.get('exact_resume')}, "
+          f"largest weight difference from eager {result.get('max_abs_diff_vs_eager')}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
