@@ -110,6 +110,7 @@ def bare(method: str, stream, seed: int) -> float:
             if method in ("der", "derpp") and n:
                 m = 10 if method == "der" else 128   # batches drawn without replacement
                 i1 = torch.randperm(n, generator=gen)[:m]
+                m = len(i1)                          # at most the n samples stored
                 idx = i1 if method == "der" else torch.cat([i1, torch.randperm(n, generator=gen)[:m]])
                 out = model(torch.cat([x, mem_x[idx]]))
                 z = out[:len(y)]
