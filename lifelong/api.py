@@ -56,6 +56,13 @@ def _as_stream(data: Any, test: Any, seed: int) -> Stream:
         if test is not None:
             raise ConfigError("fit: test= is for array data; a Stream carries its own test sets")
         return data
+    if hasattr(data, "train_stream") and hasattr(data, "test_stream"):  # an Avalanche benchmark
+        from lifelong.stream.adapters import from_avalanche
+
+        if test is not None:
+            raise ConfigError("fit: test= is for array data; an Avalanche benchmark brings its "
+                              "test_stream")
+        return from_avalanche(data, seed=seed)
     if isinstance(data, str):
         entry = get_registry().get("stream", data)
         return entry.factory(**({"seed": seed} if "seed" in entry.parameters() else {}))
@@ -73,7 +80,8 @@ def _as_stream(data: Any, test: Any, seed: int) -> Stream:
             xt, yt, tids = (*test, None)[:3]
             kw.update(x_test=xt, y_test=yt, test_experience_ids=tids)
         return make(x, y, **kw)
-    raise ConfigError(f"fit: stream must be a Stream, a registered stream name, or a tuple "
+    raise ConfigError(f"fit: stream must be a Stream, an Avalanche benchmark, a registered stream "
+                      f"name, or a tuple "
                       f"(x, y) / (x, y, experience_ids) of arrays or tensors; got "
                       f"{type(data).__name__}")
 
@@ -114,7 +122,9 @@ def fit(stream: Any, *, backbone: Any = "mlp", plugins: Sequence[Any] = (),
     """Train a backbone with plugins on ``stream``; return the learner and the metrics.
 
     :param stream: a :class:`~lifelong.stream.base.Stream` (e.g. from
-        :func:`lifelong.stream.from_numpy`), a registered stream name, or a tuple
+        :func:`lifelong.stream.from_numpy`), an Avalanche benchmark (its
+        ``train_stream`` / ``test_stream``, through
+        :func:`lifelong.stream.from_avalanche`), a registered stream name, or a tuple
         ``(x, y)`` / ``(x, y, experience_ids)`` of numpy arrays or tensors (one
         experience per distinct id, in increasing order; one experience without ids).
     :param backbone: a registered backbone name, ``{"name": ..., **params}``, or your

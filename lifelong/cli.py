@@ -326,6 +326,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Strategies x streams x axes x seeds: see :mod:`lifelong.bench`."""
+    if getattr(args, "against", None) == "avalanche":  # each cell through Avalanche too
+        from lifelong.compare.avalanche import bench_against
+
+        return bench_against(args)
     from lifelong.bench.command import cmd_bench as bench
 
     return bench(args)
@@ -441,6 +445,9 @@ def make_parser() -> argparse.ArgumentParser:
     from lifelong.bench.command import add_arguments as bench_arguments
 
     bench_arguments(b)
+    b.add_argument("--against", choices=("avalanche",),
+                   help="also run each cell through Avalanche's implementation of the same "
+                        "strategy and show both (needs pip install 'lifelong[avalanche]')")
     b.set_defaults(func=cmd_bench)
     tu = sub.add_parser("tune", help="tune hyper-parameters on the first experiences (Optuna), "
                                      "report the best on the rest with fresh seeds")
