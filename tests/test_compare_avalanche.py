@@ -185,10 +185,14 @@ def test_torchvision_whose_ops_did_not_load_imports_with_the_workaround(tmp_path
 
 
 def test_the_workaround_is_not_used_for_other_failures(tmp_path, monkeypatch):
-    fake_torchvision(tmp_path, monkeypatch, "raise RuntimeError('something else broke')\n")
+    count = tmp_path / "imports"
+    fake_torchvision(tmp_path, monkeypatch, f"import pathlib\np = pathlib.Path({str(count)!r})\n"
+                     "p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+                     "raise RuntimeError('something else broke')\n")
     try:
         with pytest.raises(RuntimeError, match="something else broke"):
             cmp.import_avalanche()
+        assert count.read_text() == "x"  # raised as it came: no second, patched import
     finally:
         drop_torchvision()
 
