@@ -230,13 +230,13 @@ def test_naive_is_the_same_run_in_both_libraries_and_the_bench_shows_both(tmp_pa
                  "--against", "avalanche", "--out", str(tmp_path / "b")])
     out, err = capsys.readouterr()
     assert code == 0, err
-    rows = {r["strategy"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())}
+    rows = {r["strategy"]: r for r in json.loads((tmp_path / "b" / "bench_avalanche.json").read_text())}
     # same initial weights, same batches in the same order, same SGD: the same model
     assert rows["naive"]["acc_avalanche"] == pytest.approx(rows["naive"]["acc_lifelong"], abs=1e-9)
     assert 0.0 <= rows["er"]["acc_avalanche"] <= 1.0 and rows["er"]["sps_avalanche"] > 0
     assert rows["mas"]["acc_avalanche"] is None and "not mapped" in rows["mas"]["avalanche"]
     assert "no Avalanche counterpart" in out
-    lines = (tmp_path / "b" / "bench_runs.jsonl").read_text().splitlines()
+    lines = (tmp_path / "b" / "bench_avalanche_runs.jsonl").read_text().splitlines()
     assert {(json.loads(x)["strategy"], json.loads(x)["library"]) for x in lines} == {
         ("naive", "lifelong"), ("naive", "avalanche"), ("er", "lifelong"), ("er", "avalanche"),
         ("mas", "lifelong"), ("mas", "avalanche")}

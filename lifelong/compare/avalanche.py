@@ -447,68 +447,87 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def bench_against(args: Any) -> int:
-    """``lifelong bench --against avalanche``: the grid, each run through both libraries."""
+    """``lifelong bench --against avalanche``: every cell of the grid through both libraries.
+
+    The grid is the one ``lifelong bench`` expands (strategies with parameters,
+    streams, ``--set`` axes, seeds, a grid file), run in this process. Each run
+    and library is one line of ``bench_avalanche_runs.jsonl`` in ``--out`` as it
+    ends; the summary rows go to ``bench_avalanche.json``.
+    """
     from rich.table import Table
 
-    from lifelong.cli import EXIT_USER_ERROR, _bench_cell, _bench_grid, _console, check_out_dir
+    from lifelong.bench.command import EXIT_USER_ERROR, _backend
+    from lifelong.bench.grid import expand, grid_from_args
+    from lifelong.cli import _console, check_out_dir
 
-    av = import_avalanche()  # the missing extra is the first thing to say
+    backend, _ = _backend(args)
+    if backend != "in-process":
+        raise ConfigError("--against avalanche runs in-process (both libraries in one process, "
+                          "one after the other, at the same thread count); drop --workers / "
+                          "--backend")
+    av = import_avalanche()  # the missing extra is said before anything runs
     console = _console(args.quiet)
-    base, strategies, streams, seeds = _bench_grid(args)
+    cells = expand(grid_from_args(args))
     out = check_out_dir(args.out) if args.out else None
-    log = out / "bench_runs.jsonl" if out is not None else None
+    log = out / "bench_avalanche_runs.jsonl" if out is not None else None
     if log is not None:
         log.write_text("")
+    groups: dict[Any, list[Any]] = {}
+    for c in cells:
+        groups.setdefault(c.key, []).append(c)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    for stream in streams:
-        stream_name = stream or (base.get("stream") or {}).get("name")
-        for strat in strategies:
-            acc: dict[str, list[float]] = {"lifelong": [], "avalanche": []}
-            sps: dict[str, list[float]] = {"lifelong": [], "avalanche": []}
-            notes: tuple[str, ...] = ()
-            reason = None
-            for seed in seeds:
-                records = []
-                try:
-                    res = compare_run(_bench_cell(base, stream, strat, seed), av)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one failed run must not end the bench
-                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    kind = "" if isinstance(exc, LifelongError) else f"{type(exc).__name__}: "
-                    err = f"{kind}{msg}"[:300]
-                    failures.append(f"{strat} on {stream_name}, seed {seed}: {err}")
-                    records.append({"library": "both", "status": "failed", "error": err})
-                else:
-                    notes = res.notes
-                    for lib, r in (("lifelong", res.lifelong), ("avalanche", res.avalanche)):
-                        if "error" in r:
-                            reason = r["error"]
-                            records.append({"library": lib, **r})
-                            continue
-                        acc[lib].append(r["final_avg_accuracy"])
-                        sps[lib].append(r["samples_per_second"])
-                        records.append({"library": lib, "status": "ok", **r})
-                if log is not None:
-                    with open(log, "a") as fh:
-                        for r in records:
-                            fh.write(json.dumps({"stream": stream_name, "strategy": strat,
-                                                 "seed": seed, **r}) + "\n")
-            al, al_sd = _mean_std(acc["lifelong"])
-            aa, aa_sd = _mean_std(acc["avalanche"])
-            sl = statistics.median(sps["lifelong"]) if sps["lifelong"] else None
-            sa = statistics.median(sps["avalanche"]) if sps["avalanche"] else None
-            rows.append({"stream": stream_name, "strategy": strat,
-                         "acc_lifelong": al, "std_lifelong": al_sd,
-                         "acc_avalanche": aa, "std_avalanche": aa_sd,
-                         "sps_lifelong": sl, "sps_avalanche": sa,
-                         "speedup": sl / sa if sl and sa else None,
-                         "avalanche": reason or "ok", "notes": list(notes),
-                         "threads": torch.get_num_threads(), "seeds": list(seeds)})
+    for group in groups.values():
+        first = group[0]
+        acc: dict[str, list[float]] = {"lifelong": [], "avalanche": []}
+        sps: dict[str, list[float]] = {"lifelong": [], "avalanche": []}
+        notes: tuple[str, ...] = ()
+        reason = None
+        for cell in group:
+            records = []
+            try:
+                res = compare_run(cell.raw, av)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed run must not end the bench
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                kind = "" if isinstance(exc, LifelongError) else f"{type(exc).__name__}: "
+                err = f"{kind}{msg}"[:300]
+                failures.append(f"{cell.describe()}: {err}")
+                records.append({"library": "both", "status": "failed", "error": err})
+            else:
+                notes = res.notes
+                for lib, r in (("lifelong", res.lifelong), ("avalanche", res.avalanche)):
+                    if "error" in r:
+                        reason = r["error"]
+                        records.append({"library": lib, **r})
+                        continue
+                    acc[lib].append(r["final_avg_accuracy"])
+                    sps[lib].append(r["samples_per_second"])
+                    records.append({"library": lib, "status": "ok", **r})
+            if log is not None:
+                with open(log, "a") as fh:
+                    for r in records:
+                        fh.write(json.dumps({"hash": cell.hash, "strategy": cell.strategy,
+                                             "stream": cell.stream, "seed": cell.seed,
+                                             "axes": cell.axes, **r}, default=str) + "\n")
+        al, al_sd = _mean_std(acc["lifelong"])
+        aa, aa_sd = _mean_std(acc["avalanche"])
+        sl = statistics.median(sps["lifelong"]) if sps["lifelong"] else None
+        sa = statistics.median(sps["avalanche"]) if sps["avalanche"] else None
+        axes = ", ".join(f"{k}={v}" for k, v in first.axes.items())
+        rows.append({"stream": first.stream, "strategy": first.strategy + (f" ({axes})" if axes
+                                                                          else ""),
+                     "axes": first.axes, "acc_lifelong": al, "std_lifelong": al_sd,
+                     "acc_avalanche": aa, "std_avalanche": aa_sd,
+                     "sps_lifelong": sl, "sps_avalanche": sa,
+                     "speedup": sl / sa if sl and sa else None,
+                     "avalanche": reason or "ok", "notes": list(notes),
+                     "threads": torch.get_num_threads(), "seeds": [c.seed for c in group]})
+    seeds = sorted({c.seed for c in cells})
     t = Table(title=f"lifelong vs Avalanche {getattr(av, '__version__', '')} ({len(seeds)} "
                     f"seed(s), {torch.get_num_threads()} thread(s); accuracy: final average "
-                    "Class-IL; samples/s: training only)")
+                    "Class-IL, mean ± std over seeds; samples/s: training only, median)")
     for col in ("stream", "strategy", "acc lifelong", "acc avalanche", "samples/s lifelong",
                 "samples/s avalanche", "speedup"):
         t.add_column(col, justify="left" if col in ("stream", "strategy") else "right")
@@ -516,16 +535,15 @@ def bench_against(args: Any) -> int:
     def pm(m: float | None, s: float | None) -> str:
         return "-" if m is None else f"{m:.3f} ± {s or 0.0:.3f}"
 
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
-        if r["acc_avalanche"] is None and r["avalanche"] != "ok":
-            t.add_row(r["stream"], r["strategy"], pm(r["acc_lifelong"], r["std_lifelong"]),
-                      "no Avalanche counterpart", f"{r['sps_lifelong'] or 0:,.0f}", "-", "-")
-        else:
-            t.add_row(r["stream"], r["strategy"], pm(r["acc_lifelong"], r["std_lifelong"]),
-                      pm(r["acc_avalanche"], r["std_avalanche"]),
-                      "-" if r["sps_lifelong"] is None else f"{r['sps_lifelong']:,.0f}",
-                      "-" if r["sps_avalanche"] is None else f"{r['sps_avalanche']:,.0f}",
-                      "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
+        right = (pm(r["acc_avalanche"], r["std_avalanche"]) if r["avalanche"] == "ok"
+                 else "no Avalanche counterpart")
+        t.add_row(str(r["stream"]), r["strategy"], pm(r["acc_lifelong"], r["std_lifelong"]),
+                  right, num(r["sps_lifelong"], ",.0f"), num(r["sps_avalanche"], ",.0f"),
+                  "-" if r["speedup"] is None else f"{r['speedup']:.2f}x")
     console.print(t)
     for r in rows:
         if r["avalanche"] != "ok":
@@ -533,14 +551,13 @@ def bench_against(args: Any) -> int:
         for note in r["notes"]:
             console.print(f"{r['strategy']}: {note}")
     if out is not None:
-        tmp = out / ".bench.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(out / "bench.json")
+        tmp = out / ".bench_avalanche.json.tmp"
+        tmp.write_text(json.dumps(rows, indent=2, default=str))
+        tmp.replace(out / "bench_avalanche.json")
     if failures:
         for f in failures:
             print(f"failed: {f}", file=sys.stderr)
-        total = len(streams) * len(strategies) * len(seeds)
-        print(f"error: {len(failures)} of {total} runs failed (their rows say which); the "
+        print(f"error: {len(failures)} of {len(cells)} runs failed (their rows say which); the "
               "others finished", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
