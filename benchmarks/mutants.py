@@ -46,6 +46,7 @@ class Mutant:
 
 M = Mutant
 T_FID = "tests/test_fidelity.py"
+T_MTCL = "tests/test_multitask_continual.py"
 MUTANTS: tuple[Mutant, ...] = (
     # ------------------------------------------------------------------ metrics
     M("forgetting-diagonal", "lifelong/metrics.py",
@@ -75,7 +76,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "hit = (learner.predict(step.batch).argmax(1) == step.batch.y).sum()",
       ("tests/test_predictions.py",), "scored by the model after the update"),
     M("prequential-train-mode", "lifelong/learner.py",
-      "        if self._eval_stream and not self._tasks:  # test-then-train",
+      "        if self._eval_stream:  # test-then-train",
       "        if False:  # test-then-train",
       ("tests/test_predictions.py",), "train-mode logits (dropout, batch norm) scored"),
     M("dropout-trusted", "lifelong/predictions.py",
@@ -320,6 +321,33 @@ MUTANTS: tuple[Mutant, ...] = (
       "w.copy_(_uniform(tuple(w.shape), fan_in, gen))", "w.zero_()",
       ("tests/test_width_augment.py::test_new_units_are_seeded_like_a_fresh_linear_layer",),
       "the new units' incoming weights start at zero"),
+    # ------------------------------------------------------------------ multi-target continual
+    M("mt-fisher-first-head", "lifelong/plugins/regularization/ewc.py",
+      "    picks: list[tuple[str, Tensor]] = []\n    for t in tasks:",
+      "    picks: list[tuple[str, Tensor]] = []\n    for t in tasks[:1]:",
+      (f"{T_MTCL}::test_ewc_with_every_heads_fisher_reduces_forgetting_of_every_task",),
+      "the multi-task Fisher ignores every head but the first"),
+    M("mt-replay-first-task", "lifelong/plugins/replay/_targets.py",
+      "    losses: dict[str, Tensor] = {}\n    for t in tasks:",
+      "    losses: dict[str, Tensor] = {}\n    for t in tasks[:1]:",
+      (f"{T_MTCL}::test_er_replaying_every_tasks_target_reduces_forgetting_of_every_task",),
+      "replayed samples enter the first task's loss only"),
+    M("mt-mas-first-head", "lifelong/plugins/regularization/mas.py",
+      "                        for h in heads]).sum(0)",
+      "                        for h in heads[:1]]).sum(0)",
+      (f"{T_MTCL}::test_multi_head_mas_is_the_sensitivity_of_the_summed_squared_norms",),
+      "MAS's multi-head importance from the first head's norm only"),
+    M("mt-prequential-train-forward", "lifelong/learner.py",
+      "                step.eval_logits = next((step.eval_logits[t.name] for t in self._tasks",
+      "                step.eval_logits = None and next((step.eval_logits[t.name] for t in "
+      "self._tasks",
+      (f"{T_MTCL}::test_multi_target_prequential_scores_eval_mode_predictions_before_the_update",),
+      "multi-target prequential scores the train-mode forward"),
+    M("mt-heads-reinitialized", "lifelong/multitask.py",
+      "        if t.name in heads:\n            continue",
+      "        if t.name in heads and t.name.startswith('?'):\n            continue",
+      (f"{T_MTCL}::test_a_new_tasks_head_grows_at_its_experience_and_is_scored_from_then_on",),
+      "a head the model has is re-initialized when a task arrives"),
 )
 
 

@@ -137,6 +137,13 @@ class Step:
         sl = self._slice_of(plugin)
         return None if sl is None or self.logits is None else self.logits[sl]
 
+    def outputs_of(self, plugin: Any) -> dict[str, Tensor] | None:
+        """Multi-target streams: each task's output on the replay rows of ``plugin``."""
+        sl = self._slice_of(plugin)
+        if sl is None or self.outputs is None:
+            return None
+        return {k: v[sl] for k, v in self.outputs.items()}
+
     def replay_of(self, plugin: Any) -> Batch | None:
         """The replay batch ``plugin`` contributed this step, if any."""
         for (owner, _), b in zip(self._owners, self.replays):
@@ -477,6 +484,12 @@ class Learner:
                 raise CompositionError(f"plugin {name!r} balances several tasks, but stream "
                                        f"{stream.name!r} has one target per sample; use a "
                                        "multi-target stream (e.g. multi_mnist)")
+            if "multitask" in needs and any(len(e) != len(stream.tasks)
+                                            for e in stream.experience_tasks):
+                raise CompositionError(f"plugin {name!r} balances a fixed set of tasks, but "
+                                       f"stream {stream.name!r} declares tasks per experience "
+                                       f"({[list(e) for e in stream.experience_tasks]}); use "
+                                       "it on a stream whose experiences all have every task")
             if "task_labels" in needs and not stream.task_labels:
                 raise CompositionError(f"plugin {name!r} needs task labels, but stream "
                                        f"{stream.name!r} gives none (set task_labels: true)")
@@ -513,11 +526,24 @@ class Learner:
                                 f"{stream.name!r} has {stream.num_classes} classes; size the head "
                                 f"to num_classes={stream.num_classes}")
 
-        self._tasks = tuple(stream.tasks)
+        self._tasks = tuple(stream.tasks_at(0))
 
     def _check_task_outputs(self, out: Any, stream: Stream) -> None:
-        """A multi-output model has exactly one output of the right size per task."""
+        """A multi-output model has exactly one output of the right size per task (tasks that
+        arrive with a later experience: a head of the right size, or a model that grows one)."""
         names = [t.name for t in stream.tasks]
+        if isinstance(out, dict) and stream.experience_tasks:
+            later = [t for t in stream.tasks if t not in stream.tasks_at(0)]
+            if any(t.name not in out for t in later) and not hasattr(self.model, "add_head"):
+                raise ConfigError(f"stream {stream.name!r} adds task(s) "
+                                  f"{', '.join(t.name for t in later if t.name not in out)} "
+                                  f"with a later experience, but the model "
+                                  f"({type(self.model).__name__}) cannot grow a head; use "
+                                  "backbone shared_bottom, or build the model with every head")
+            stream = Stream(stream.name, stream.num_classes, stream.input_shape,
+                            stream.make_experiences,
+                            tasks=tuple(t for t in stream.tasks if t.name in out
+                                        or t in stream.tasks_at(0)))
         if not stream.tasks:
             raise DataError(f"the model returns one output per task ({', '.join(map(str, out))}) "
                             f"but stream {stream.name!r} has one target per sample; use a "
@@ -675,6 +701,22 @@ class Learner:
         new = self.hooks.expand_model(self, experience)
         if new is not None:
             self._install_model(new)
+        if self.stream is not None and self.stream.experience_tasks:
+            self._enter_tasks(self.experience_index)
+
+    def _enter_tasks(self, experience_index: int) -> None:
+        """A stream declaring tasks per experience: the tasks existing at ``experience_index``;
+        a new task's head grows (``lifelong.multitask.grow_heads``); the optimizer gets its
+        parameters and keeps the state of the others. A head the model has is kept as it is."""
+        from lifelong.multitask import grow_heads
+
+        assert self.stream is not None
+        self._tasks = tuple(self.stream.tasks_at(experience_index))
+        if grow_heads(self.model, self._tasks, seed=self.seed):
+            old = self.optimizer
+            self._install_model(self.model)
+            for p, st in old.state.items():
+                self.optimizer.state[p] = st
 
     def _install_model(self, new: nn.Module) -> None:
         """Train ``new`` from now on (grown by the expansion plugin): features, optimizer follow."""
@@ -704,6 +746,13 @@ class Learner:
             grown = p.grown_model(self) if hasattr(p, "grown_model") else None
             if grown is not None:
                 self._install_model(grown)
+        c = state.get("counters")
+        if self.stream is not None and self.stream.experience_tasks and isinstance(c, dict) \
+                and isinstance(c.get("experience_index"), int) \
+                and isinstance(c.get("batch_in_experience"), int):
+            # the heads of the tasks of the last experience started (batch 0: not started yet)
+            started = c["experience_index"] - (c["batch_in_experience"] == 0)
+            self._enter_tasks(max(started, 0))
         return done
 
     def end_experience(self, experience: Experience | None) -> None:
@@ -718,8 +767,11 @@ class Learner:
         step = Step(self.step_index, batch, experience)
         if batch.predict is not None and len(batch.predict):
             step.predict_logits = self.predict(batch.predict)
-        if self._eval_stream and not self._tasks:  # test-then-train scoring (predictions.py)
+        if self._eval_stream:  # test-then-train scoring (predictions.py)
             step.eval_logits = self.predict(batch)
+            if isinstance(step.eval_logits, dict):  # multi-target: the first classification's
+                step.eval_logits = next((step.eval_logits[t.name] for t in self._tasks
+                                         if t.kind == "classification"), None)
         x, y, task = batch.x, batch.y, batch.task
         if hooks.has["replay_batch"]:
             pairs = hooks.replay_batch(self, step)
@@ -787,6 +839,8 @@ class Learner:
         n = step.n_stream
         first = None
         for t in self._tasks:
+            if t.name not in targets:  # a task this experience does not train (declared earlier)
+                continue
             o = out[t.name]
             o = o[:n] if len(o) != n else o
             if t.kind == "classification":

@@ -45,7 +45,8 @@ from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.stream.base import TaskSpec
 
-__all__ = ["SharedBottom", "CrossStitch", "CrossStitchUnit", "shared_bottom", "cross_stitch"]
+__all__ = ["SharedBottom", "CrossStitch", "CrossStitchUnit", "shared_bottom", "cross_stitch",
+           "grow_heads"]
 
 BASES = ("mlp", "cnn", "resnet")
 
@@ -92,6 +93,15 @@ class SharedBottom(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         return self.shared(x)
+
+    def add_head(self, task: TaskSpec, *, seed: int) -> None:
+        """A new task's linear head, initialized as ``nn.Linear`` does, from a generator seeded
+        with ``seed`` (the global RNG is left as it was), on the body's device."""
+        ref = next(iter(self.heads.values())).weight
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = nn.Linear(ref.shape[1], task.size)
+        self.heads[task.name] = head.to(device=ref.device, dtype=ref.dtype)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.shared(x)
@@ -192,6 +202,27 @@ class CrossStitch(nn.Module):
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         return [_last_layer(col[-1]).weight for col in self.columns]
+
+
+def grow_heads(model: nn.Module, tasks: Sequence[TaskSpec], *, seed: int) -> list[str]:
+    """Give ``model`` a head for each task of ``tasks`` it has none for (a task arriving with
+    a new experience); returns their names. Existing heads are never touched. Task ``k`` of
+    the stream's list gets its initialization from seed ``seed * 1_000_003 + k`` (the same
+    head whenever it grows, so a resumed run rebuilds it before loading its weights)."""
+    heads = getattr(model, "heads", None)
+    if not isinstance(heads, nn.ModuleDict):
+        return []
+    grown = []
+    for k, t in enumerate(tasks):
+        if t.name in heads:
+            continue
+        if not hasattr(model, "add_head"):
+            raise ConfigError(f"task {t.name!r} arrives, but the model "
+                              f"({type(model).__name__}) cannot grow a head for it; use "
+                              "backbone shared_bottom")
+        model.add_head(t, seed=(seed * 1_000_003 + k) % 2**63)
+        grown.append(t.name)
+    return grown
 
 
 def _width(net: nn.Module) -> int:

@@ -124,7 +124,7 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     torch.manual_seed(seed)
     bentry = reg.get("backbone", cfg["backbone"]["name"])
     if "tasks" in bentry.parameters():  # multi-output backbones get the stream's tasks
-        bparams["tasks"] = stream.tasks
+        bparams["tasks"] = stream.tasks_at(0)  # a head arriving later grows then
     model = bentry.factory(input_shape=stream.input_shape, num_classes=stream.num_classes,
                            **bparams)
 

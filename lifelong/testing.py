@@ -136,7 +136,7 @@ def make_learner(plugins: list[Any], stream: Stream, *, seed: int = 0, batch_siz
     backbone = next((getattr(p, "contract_backbone", None) for p in plugins[:1]), None)
     if stream.tasks:
         model: Any = shared_bottom(input_shape=stream.input_shape, num_classes=stream.num_classes,
-                                   tasks=stream.tasks, hidden=[32])
+                                   tasks=stream.tasks_at(0), hidden=[32])
     else:
         model = _build(backbone, stream)
     return Learner(model, plugins=[*plugins, AccuracyMatrix(), Prequential(window=5)],

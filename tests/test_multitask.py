@@ -287,16 +287,6 @@ def test_cross_stitch_unit_mixes_channel_by_channel_as_written():
     assert ob[0].tolist() == pytest.approx([0.3 + 7.0, -20.0])
 
 
-@pytest.mark.parametrize("name", ["ewc", "online_ewc", "mas", "lwf", "gem", "agem"])
-def test_plugins_that_read_one_output_are_refused_on_a_multi_target_stream(name):
-    from lifelong.errors import CompositionError
-    from lifelong.registry import get_registry
-
-    s = tiny_multitask_stream()
-    with pytest.raises(CompositionError, match=f"plugin {name!r} works on one output"):
-        make_learner([get_registry().get("plugin", name).factory()], s).fit(s)
-
-
 @pytest.mark.parametrize("name", ["er", "der", "si"])
 def test_replay_and_si_train_on_a_multi_target_stream(name):
     from lifelong.registry import get_registry

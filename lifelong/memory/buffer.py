@@ -152,6 +152,13 @@ def _check_buffer_state(buffer: Buffer, state: dict[str, Any], owner: str) -> No
         t = columns["task"]
         if t.dim() != 1 or t.is_floating_point() or (len(t) and int(t.min()) < 0):
             raise bad("task ids are not a vector of integers >= 0")
+    tasks = {t.name: t for t in getattr(stream, "tasks", ())}
+    for name, col in columns.items():  # multi-target streams: every task's stored target
+        task = tasks.get(name.partition("/")[2]) if name.startswith("target/") else None
+        if task is not None and task.kind == "classification" and len(col) and (
+                col.is_floating_point() or int(col.min()) < 0 or int(col.max()) >= task.size):
+            raise bad(f"targets of task {task.name!r} are not class indices in "
+                      f"0..{task.size - 1}")
     if "logits" in columns and learner is not None:
         width = model_output_width(learner)
         lg = columns["logits"]

@@ -402,6 +402,17 @@ class Stream:
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     tasks: tuple[TaskSpec, ...] = ()
+    #: multi-target streams that declare tasks per experience: the names of the tasks whose
+    #: targets experience ``e`` carries (empty: every task in every experience). A task
+    #: exists (its head, its evaluation) from the first experience that lists it on.
+    experience_tasks: tuple[tuple[str, ...], ...] = ()
+
+    def tasks_at(self, experience: int) -> tuple[TaskSpec, ...]:
+        """The tasks that exist once ``experience`` has started (in declaration order)."""
+        if not self.experience_tasks:
+            return self.tasks
+        seen = {n for names in self.experience_tasks[:max(experience, 0) + 1] for n in names}
+        return tuple(t for t in self.tasks if t.name in seen)
 
     def experiences(self) -> Iterator[Experience]:
         """A fresh iterator over the experiences (the same ones every call)."""

@@ -120,7 +120,8 @@ def functional(model: nn.Module) -> tuple[dict[str, Tensor], SampleFn]:
     ``params`` are the trainable parameters, detached; frozen parameters and
     buffers are closed over. ``task`` is used only if the model is
     task-conditioned (``model.task_conditioned``). ``vmap`` ``f`` (or its
-    ``grad``) over samples to get per-sample quantities.
+    ``grad``) over samples to get per-sample quantities. A multi-output model's
+    ``f`` returns ``{task: row}``.
     """
     params = {n: p.detach() for n, p in trainable(model).items()}
     rest = {n: t.detach() for n, t in (*model.named_parameters(), *model.named_buffers())
@@ -129,7 +130,10 @@ def functional(model: nn.Module) -> tuple[dict[str, Tensor], SampleFn]:
 
     def f(ps: dict[str, Tensor], x: Tensor, task: Tensor) -> Tensor:
         args = (x.unsqueeze(0), task.unsqueeze(0)) if conditioned else (x.unsqueeze(0),)
-        return functional_call(model, {**ps, **rest}, args).squeeze(0)
+        out = functional_call(model, {**ps, **rest}, args)
+        if isinstance(out, dict):  # a multi-output model: one row per task's head
+            return {k: v.squeeze(0) for k, v in out.items()}  # type: ignore[return-value]
+        return out.squeeze(0)
 
     return params, f
 

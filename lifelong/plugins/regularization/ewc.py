@@ -31,6 +31,14 @@ With plain SGD the penalty is stable while ``lr * ewc_lambda * max F < 2``;
 a larger product diverges (the learner then stops with a non-finite loss):
 lower the learning rate or use Adam. The same holds for SI and MAS.
 
+**Multi-target streams** (one head per task): the model's predictive
+distribution is the product of its heads', so the Fisher is the sum of the
+heads' Fishers, each from the model's own distribution (a label drawn per
+classification head; for a regression head the unit Gaussian ``y ~ N(f(x), I)``,
+whose negative log-likelihood is half the squared error trained on, so its
+score is ``eps J`` with ``eps ~ N(0, I)``): see :func:`head_picks`. A head that
+arrives with a later experience is penalized from the next consolidation on.
+
 Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks",
 PNAS 2017. Schwarz et al., "Progress & Compress: a scalable framework for
 continual learning", ICML 2018. Defaults: ``ewc_lambda=100`` (not from the
@@ -52,7 +60,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +80,7 @@ from lifelong.plugins.regularization._common import (
     quadratic_penalty,
     trainable,
 )
+from lifelong.stream.base import TaskSpec
 from lifelong.validation import check_number
 
 __all__ = ["EWC", "OnlineEWC", "ewc_penalty", "fisher_diagonal", "merge_quadratic"]
@@ -165,9 +174,101 @@ def _fisher_one_backward(model: nn.Module, x: Tensor, task: Tensor, u: Tensor | 
     return reduce_per_sample_grads(model, forward, scalars, reduce="square")
 
 
+def head_picks(out: Mapping[str, Tensor], tasks: Sequence[TaskSpec],
+               draws: Mapping[str, Tensor] | None) -> list[tuple[str, Tensor]]:
+    """The Fisher's passes over a multi-output model: ``(task, pick)`` pairs, one per backward.
+
+    A pass's per-sample scalar is ``sum_k pick[n, k] h_k(out[task][n])`` with ``h`` the
+    log-softmax for a classification head and the identity for a regression head,
+    ``pick`` a constant; its per-sample gradient, squared and summed over passes,
+    is the head-wise Fisher (:func:`fisher_diagonal`). Classification: ``pick =
+    onehot(y)``, ``y ~ p(y|x)`` drawn from the uniforms ``draws[task]`` (sampled),
+    or ``sqrt(p_c) e_c`` for every class ``c`` (exact). Regression, with the unit
+    Gaussian ``y ~ N(f(x), I)`` (the likelihood whose negative log is half the
+    squared error the learner trains on): the score is ``(y - f) J = eps J``, so
+    ``pick = eps`` from the normal draws ``draws[task]`` (sampled), or ``e_k`` for
+    every output ``k`` (exact: ``E[(eps J)^2] = sum_k J_k^2``).
+    """
+    picks: list[tuple[str, Tensor]] = []
+    for t in tasks:
+        o = out[t.name].detach()
+        o = o.reshape(o.shape[0], -1)
+        if t.kind == "classification":
+            probs = o.softmax(-1)
+            if draws is not None:
+                y = sample_classes(probs, draws[t.name])
+                picks.append((t.name, F.one_hot(y, probs.shape[1]).to(probs.dtype)))
+            else:
+                eye = torch.eye(probs.shape[1], dtype=probs.dtype, device=probs.device)
+                picks += [(t.name, eye[c] * probs[:, c:c + 1].sqrt())
+                          for c in range(probs.shape[1])]
+        elif draws is not None:
+            picks.append((t.name, draws[t.name].reshape(o.shape).to(o.dtype)))
+        else:
+            eye = torch.eye(o.shape[1], dtype=o.dtype, device=o.device)
+            picks += [(t.name, eye[k].expand_as(o)) for k in range(o.shape[1])]
+    return picks
+
+
+def _head_scalar(out: Tensor, kind: str, pick: Tensor) -> Tensor:
+    """``sum_k pick_k h_k(out)`` over the last dimension (``h``: log-softmax or identity)."""
+    out = out.reshape(*pick.shape)
+    h = F.log_softmax(out, dim=-1) if kind == "classification" else out
+    return (h * pick).sum(-1)
+
+
+def _task_draws(tasks: Sequence[TaskSpec], n: int, generator: torch.Generator | None,
+                device: torch.device) -> dict[str, Tensor]:
+    """Per task, in order: ``n`` uniforms (classification) or ``(n, size)`` normals."""
+    return {t.name: (torch.rand(n, generator=generator, device=device)
+                     if t.kind == "classification"
+                     else torch.randn(n, t.size, generator=generator, device=device))
+            for t in tasks}
+
+
+def _fisher_tasks_vmap(model: nn.Module, x: Tensor, task: Tensor, tasks: Sequence[TaskSpec],
+                       draws: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """The multi-output reference path: per-sample gradients of each pass with ``vmap``."""
+    params, f = functional(model)
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    kinds = {t.name: t.kind for t in tasks}
+    step = chunk_size(params)
+    for i in range(0, x.shape[0], step):
+        xc, tc = x[i:i + step], task[i:i + step]
+        with torch.no_grad():
+            out = vmap(f, in_dims=(None, 0, 0))(params, xc, tc)
+        chunk = None if draws is None else {k: v[i:i + step] for k, v in draws.items()}
+        for name, pick in head_picks(out, tasks, chunk):
+
+            def scalar(ps: dict[str, Tensor], xi: Tensor, ti: Tensor, pk: Tensor,
+                       name: str = name) -> Tensor:
+                return _head_scalar(f(ps, xi, ti)[name], kinds[name], pk)
+
+            grads = vmap(grad(scalar), in_dims=(None, 0, 0, 0))(params, xc, tc, pick)
+            for k, g in grads.items():
+                total[k] += torch.square(g).sum(0)
+    return total
+
+
+def _fisher_tasks_one_backward(model: nn.Module, x: Tensor, task: Tensor,
+                               tasks: Sequence[TaskSpec], draws: dict[str, Tensor] | None
+                               ) -> dict[str, Tensor] | None:
+    conditioned = bool(getattr(model, "task_conditioned", False))
+    kinds = {t.name: t.kind for t in tasks}
+
+    def forward() -> Any:
+        return model(x, task) if conditioned else model(x)
+
+    def scalars(out: Any) -> list[Tensor]:
+        return [_head_scalar(out[name], kinds[name], pick)
+                for name, pick in head_picks(out, tasks, draws)]
+
+    return reduce_per_sample_grads(model, forward, scalars, reduce="square")
+
+
 def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
                     sample: bool = False, generator: torch.Generator | None = None,
-                    method: str = "auto") -> dict[str, Tensor]:
+                    method: str = "auto", tasks: Sequence[TaskSpec] = ()) -> dict[str, Tensor]:
     """Diagonal Fisher ``mean_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta)^2]`` per parameter.
 
     Per-sample gradients, never a mini-batch average; the model is put in
@@ -180,6 +281,14 @@ def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
     layers), ``"vmap"`` is the exact ``torch.func`` reference, ``"auto"`` the
     faster of the two for the model (``lifelong.per_sample.fastest``). ``task``: task
     ids, used only by task-conditioned models.
+
+    ``tasks`` (a multi-output model, one output per task of a multi-target
+    stream): the model's predictive distribution is the product of its heads'
+    (the targets are independent given ``x``), so the cross terms of the
+    squared score have zero mean and the Fisher is the sum of the heads'
+    Fishers, ``sum_t E_{y_t} [g_t^2]``, estimated head by head (a draw per
+    head and input when sampled); see :func:`head_picks` for a regression
+    head's unit-Gaussian Fisher.
     """
     if method not in ("auto", "backward", "vmap"):
         raise ValueError(f"method must be 'auto', 'backward' or 'vmap', got {method!r}")
@@ -188,6 +297,17 @@ def fisher_diagonal(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
     n = x.shape[0]
     if n == 0:
         return {k: torch.zeros_like(p) for k, p in trainable(model).items()}
+    if tasks:
+        draws = _task_draws(tasks, n, generator, x.device) if sample else None
+        with eval_mode(model):
+            use = method == "backward" or (method == "auto" and fastest(model))
+            fisher = _fisher_tasks_one_backward(model, x, task, tasks, draws) if use else None
+            if fisher is None:
+                if method == "backward":
+                    raise ValueError("the model has layers the one-backward path does not "
+                                     "cover; use method='vmap' or 'auto'")
+                fisher = _fisher_tasks_vmap(model, x, task, tasks, draws)
+        return {name: v / n for name, v in fisher.items()}
     u = torch.rand(n, generator=generator, device=x.device) if sample else None
     with eval_mode(model):
         use = method == "backward" or (method == "auto" and fastest(model))
@@ -204,8 +324,6 @@ class EWC:
     """Elastic weight consolidation: a Fisher-weighted quadratic pull towards past solutions."""
 
     name = "ewc"
-    single_target = True  # runs the model itself and reads one output: refused on
-    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, ewc_lambda: float = 100.0, mode: str = "separate", gamma: float = 1.0,
@@ -267,7 +385,7 @@ class EWC:
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
         if self.pending_:  # a boundary without a following before_experience (direct use)
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
         if not self.n_consolidations_:
             return None
         penalty = ewc_penalty(dict(learner.model.named_parameters()), self.center_, self.weight_)
@@ -282,7 +400,7 @@ class EWC:
         assert self._recent is not None
         self._recent.add(step.batch.x, step.batch.task)
         if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
 
     @hookimpl
     def after_experience(self, learner: Any, experience: Any) -> None:
@@ -294,18 +412,21 @@ class EWC:
     @hookimpl
     def before_experience(self, learner: Any, experience: Any) -> None:
         if self.pending_:
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
 
     # ------------------------------------------------------------------ state
-    def consolidate(self, model: nn.Module) -> None:
-        """Fold the Fisher at the current parameters into the running quadratic."""
+    def consolidate(self, model: nn.Module, tasks: Sequence[TaskSpec] = ()) -> None:
+        """Fold the Fisher at the current parameters into the running quadratic.
+
+        ``tasks``: the learner's tasks on a multi-target stream (the Fisher sums their heads').
+        """
         assert self._recent is not None and self.const_ is not None
         self.pending_ = False
         if self._recent.count == 0:
             return
         x, task = self._recent.contents()
         fisher = fisher_diagonal(model, x, task, sample=self.fisher == "sample",
-                                 generator=self._gen)
+                                 generator=self._gen, tasks=tasks)
         params = trainable(model)
         for name, f in fisher.items():
             theta = params[name].detach()

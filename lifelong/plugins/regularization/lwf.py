@@ -21,6 +21,11 @@ units not distilled yet) follows the labels seen before each snapshot:
   heads, as output-unit groups of the shared head); the losses of the heads
   are summed. Task labels are not needed to train this way.
 
+On a multi-target stream every classification head the snapshot has is
+distilled as its own softmax, and a regression head pays the squared error
+to the snapshot's output (:func:`multitask_distillation`); ``multihead`` does
+not apply there. A head that arrived after the snapshot is not distilled.
+
 Li & Hoiem, "Learning without forgetting", ECCV 2016 (TPAMI 2017).
 Defaults: ``lwf_lambda=1.0`` (the paper's loss balance lambda_o),
 ``temperature=2.0`` (the paper's T). The paper's warm-up step (training
@@ -38,7 +43,7 @@ Examples
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,9 +51,11 @@ from torch import Tensor, nn
 
 from lifelong.errors import CheckpointError, ConfigError
 from lifelong.hookspecs import hookimpl
+from lifelong.stream.base import TaskSpec
 from lifelong.validation import check_number
 
-__all__ = ["LwF", "distillation_loss", "grouped_log_softmax", "single_head_distillation_loss"]
+__all__ = ["LwF", "distillation_loss", "grouped_log_softmax", "multitask_distillation",
+           "single_head_distillation_loss"]
 
 
 def grouped_log_softmax(z: Tensor, groups: Tensor) -> Tensor:
@@ -103,12 +110,45 @@ def single_head_distillation_loss(new_logits: Tensor, old_logits: Tensor, units:
     return (lp_old.exp() * (lp_old - lp_new)).sum(1).mean()
 
 
+def multitask_distillation(new: Mapping[str, Tensor], old: Mapping[str, Tensor],
+                           tasks: Sequence[TaskSpec], n: int, temperature: float) -> Tensor:
+    """LwF's term for a multi-output model, summed over the heads the snapshot ``old`` has.
+
+    A classification head: ``KL(p_old^T || p_new^T)`` over all its units (one
+    softmax; every class of a task's head is known from its start). A
+    regression head: the squared error to the old output, ``mean (f_new -
+    f_old)^2`` (not in the paper, whose heads all classify: the KL divergence
+    between Gaussians of equal variance around the two outputs is this up to a
+    constant factor). ``new`` holds every row of the forward pass; its first
+    ``n`` (the stream rows) are distilled. A head the snapshot lacks (its task
+    arrived later) is not.
+
+    >>> from lifelong.stream.base import TaskSpec
+    >>> z = {"a": torch.randn(3, 4), "b": torch.randn(3, 1)}
+    >>> tasks = [TaskSpec("a", "classification", 4), TaskSpec("b", "regression", 1)]
+    >>> float(multitask_distillation(z, z, tasks, 3, 2.0))
+    0.0
+    """
+    total: Tensor | None = None
+    for t in tasks:
+        if t.name not in old:
+            continue
+        o_new, o_old = new[t.name][:n], old[t.name]
+        if t.kind == "classification":
+            heads = torch.zeros(o_new.shape[1], dtype=torch.long, device=o_new.device)
+            term = distillation_loss(o_new, o_old, heads, temperature)
+        else:
+            term = (o_new - o_old).square().mean()
+        total = term if total is None else total + term
+    if total is None:
+        return next(iter(new.values())).new_zeros(())
+    return total
+
+
 class LwF:
     """Learning without forgetting: distill the last snapshot's outputs on the stream batch."""
 
     name = "lwf"
-    single_target = True  # runs the model itself and reads one output: refused on
-    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, lwf_lambda: float = 1.0, temperature: float = 2.0,
@@ -143,6 +183,11 @@ class LwF:
     # ------------------------------------------------------------------ hooks
     @hookimpl
     def before_training(self, learner: Any, stream: Any) -> None:
+        if stream.tasks and self.multihead:
+            raise ConfigError(f"plugin 'lwf': multihead splits one output into heads, but "
+                              f"stream {stream.name!r} has one head per task "
+                              f"({', '.join(t.name for t in stream.tasks)}), each distilled as "
+                              "its own softmax already: remove multihead")
         c = stream.num_classes
         self.heads_ = torch.full((c,), -1, dtype=torch.long, device=learner.device)
         self.seen_ = torch.zeros(c, dtype=torch.bool, device=learner.device)
@@ -159,6 +204,9 @@ class LwF:
         with torch.no_grad():
             conditioned = bool(getattr(self.old_, "task_conditioned", False))
             old = self.old_(batch.x, batch.task) if conditioned else self.old_(batch.x)
+        if getattr(step, "outputs", None) is not None:  # multi-target: every head it has
+            return {"lwf": self.lwf_lambda * multitask_distillation(
+                step.outputs, old, learner.tasks, step.n_stream, self.temperature)}
         if self._units_of is not self.heads_:  # heads_ changed (consolidation, load)
             self._units, self._units_of = _single_head_units(self.heads_), self.heads_
         if self._units is not None:
@@ -223,7 +271,10 @@ class LwF:
             raise CheckpointError(f"checkpoint state of plugin {self.name!r}: old must be the "
                                   "previous model's state_dict; the checkpoint is corrupted")
         if old is not None and loading_learner() is not None:
-            state_module(state, "old", owner=self.name, module=loading_learner().model)
+            probe = loading_learner().model
+            if _head_names(old) is not None:  # a task's head may have arrived since
+                probe = _trim_heads(copy.deepcopy(probe), old)
+            state_module(state, "old", owner=self.name, module=probe)
         self.heads_ = heads.to(self.heads_.device, copy=True)
         self.seen_ = seen.to(self.seen_.device, copy=True)
         self.n_consolidations_ = n
@@ -243,12 +294,29 @@ def _snapshot(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> 
     """A frozen copy of ``model`` in evaluation mode (with ``weights`` loaded, if given)."""
     old = copy.deepcopy(model)
     if weights is not None:
+        old = _trim_heads(old, weights)
         old.load_state_dict(weights)
     old.eval()
     for p in old.parameters():
         p.grad = None
         p.requires_grad_(False)
     return old
+
+
+def _head_names(weights: Mapping[str, Any]) -> set[str] | None:
+    """The task heads (``heads.<task>.``) a saved multi-output model has, else ``None``."""
+    names = {k.split(".")[1] for k in weights if k.startswith("heads.") and k.count(".") >= 2}
+    return names or None
+
+
+def _trim_heads(model: nn.Module, weights: Mapping[str, Any]) -> nn.Module:
+    """``model`` without the task heads ``weights`` lacks (heads grown after the snapshot)."""
+    keep = _head_names(weights)
+    heads = getattr(model, "heads", None)
+    if keep is not None and isinstance(heads, nn.ModuleDict):
+        for name in [k for k in heads if k not in keep]:
+            del heads[name]
+    return model
 
 
 @hookimpl

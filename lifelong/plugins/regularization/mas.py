@@ -35,6 +35,10 @@ reference code's shortcut of the gradient of a mini-batch sum
 layer, :mod:`~lifelong.per_sample`); other models
 use ``torch.func.vmap``, which a test checks the fast path against.
 
+On a multi-target stream ``f`` is every task's head side by side: the
+importance is the sensitivity of ``sum_t ||f_t(x)||_2^2`` (:func:`squared_norm`),
+per sample, as above.
+
 Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars, "Memory aware
 synapses: learning what (not) to forget", ECCV 2018. Defaults:
 ``mas_lambda=1.0`` (the paper's value), ``importance_samples=1024``.
@@ -51,7 +55,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -71,20 +75,38 @@ from lifelong.plugins.regularization._common import (
     sgd_instability,
     trainable,
 )
+from lifelong.stream.base import TaskSpec
 from lifelong.validation import check_number
 
-__all__ = ["MAS", "mas_importance"]
+__all__ = ["MAS", "mas_importance", "squared_norm"]
+
+REDUCE = "abs"  # MAS sums |g_n|, the absolute per-sample gradients
+
+
+def squared_norm(out: Tensor | Mapping[str, Tensor], heads: Sequence[str] = ()) -> Tensor:
+    """Each row's ``||f(x)||_2^2``; for a multi-output model the sum over ``heads`` of each
+    head's squared norm (the squared norm of the heads' outputs side by side).
+
+    >>> float(squared_norm({"a": torch.tensor([[1.0, 2.0]]), "b": torch.tensor([[3.0]])},
+    ...                    ["a", "b"])[0])
+    14.0
+    """
+    if isinstance(out, Tensor):
+        return out.square().sum(-1)
+    return torch.stack([out[h].reshape(out[h].shape[0], -1).square().sum(-1)
+                        for h in heads]).sum(0)
 
 
 def mas_importance(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
-                   method: str = "auto") -> dict[str, Tensor]:
+                   method: str = "auto", heads: Sequence[str] = ()) -> dict[str, Tensor]:
     """``mean_k |d ||f(x_k)||^2 / d theta|`` per parameter, from per-sample gradients.
 
     The model is put in evaluation mode meanwhile; ``task`` is used only by
     task-conditioned models. ``method``: ``"backward"`` (``sum_k |g_k|`` from one
     ordinary backward, linear and conv layers), ``"vmap"`` (the ``torch.func``
     reference) or ``"auto"`` (the faster for the model), as in
-    :func:`~lifelong.plugins.regularization.ewc.fisher_diagonal`.
+    :func:`~lifelong.plugins.regularization.ewc.fisher_diagonal`. ``heads``: the
+    task heads of a multi-output model whose outputs count (:func:`squared_norm`).
     """
     if method not in ("auto", "backward", "vmap"):
         raise ValueError(f"method must be 'auto', 'backward' or 'vmap', got {method!r}")
@@ -94,6 +116,8 @@ def mas_importance(model: nn.Module, x: Tensor, task: Tensor | None = None, *,
     if n == 0:
         return {k: torch.zeros_like(p) for k, p in trainable(model).items()}
     conditioned = bool(getattr(model, "task_conditioned", False))
+    if heads:
+        return _mas_heads(model, x, task, method, list(heads))
     with eval_mode(model):
         out = None
         if method == "backward" or (method == "auto" and fastest(model)):
@@ -123,12 +147,41 @@ def _mas_vmap(model: nn.Module, x: Tensor, task: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def _mas_heads(model: nn.Module, x: Tensor, task: Tensor, method: str, heads: list[str]
+               ) -> dict[str, Tensor]:
+    """:func:`mas_importance` of a multi-output model: the per-sample sensitivity of the sum
+    over ``heads`` of their squared output norms (one backward, or ``vmap``)."""
+    conditioned = bool(getattr(model, "task_conditioned", False))
+    n = x.shape[0]
+    with eval_mode(model):
+        out = None
+        if method == "backward" or (method == "auto" and fastest(model)):
+            out = reduce_per_sample_grads(
+                model, lambda: model(x, task) if conditioned else model(x),
+                lambda o: [squared_norm(o, heads)], reduce=REDUCE)
+            if out is None and method == "backward":
+                raise ValueError("the model has layers the one-backward path does not cover; "
+                                 "use method='vmap' or 'auto'")
+        if out is None:
+            params, f = functional(model)
+            out = {k: torch.zeros_like(p) for k, p in params.items()}
+
+            def norm_of(ps: dict[str, Tensor], xi: Tensor, ti: Tensor) -> Tensor:
+                o = f(ps, xi, ti)
+                return squared_norm({h: o[h].unsqueeze(0) for h in heads}, heads).sum()
+
+            per_sample = vmap(grad(norm_of), in_dims=(None, 0, 0))
+            step = chunk_size(params)
+            for i in range(0, n, step):
+                for k, g in per_sample(params, x[i:i + step], task[i:i + step]).items():
+                    out[k] += torch.abs(g).sum(0)
+    return {k: v / n for k, v in out.items()}
+
+
 class MAS:
     """Memory aware synapses: output-sensitivity importance, a quadratic pull to the anchor."""
 
     name = "mas"
-    single_target = True  # runs the model itself and reads one output: refused on
-    # multi-target streams (Learner._check_stream)
     owns = ()
 
     def __init__(self, *, mas_lambda: float = 1.0, importance_samples: int = 1024,
@@ -169,7 +222,7 @@ class MAS:
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
         if self.pending_:  # a boundary without a following before_experience (direct use)
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
             self.check_stable(learner)
         if not self.n_consolidations_:
             return None
@@ -181,7 +234,7 @@ class MAS:
         assert self._recent is not None
         self._recent.add(step.batch.x, step.batch.task)
         if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
             self.check_stable(learner)
 
     @hookimpl
@@ -194,7 +247,7 @@ class MAS:
     @hookimpl
     def before_experience(self, learner: Any, experience: Any) -> None:
         if self.pending_:
-            self.consolidate(learner.model)
+            self.consolidate(learner.model, getattr(learner, "tasks", ()))
             self.check_stable(learner)
 
     def check_stable(self, learner: Any) -> None:
@@ -219,14 +272,17 @@ class MAS:
             "or use optimizer: adam (Omega adds up at every consolidation: leave room)")
 
     # ------------------------------------------------------------------ state
-    def consolidate(self, model: nn.Module) -> None:
-        """Add the importance at the current parameters; they become the anchor."""
+    def consolidate(self, model: nn.Module, tasks: Sequence[TaskSpec] = ()) -> None:
+        """Add the importance at the current parameters; they become the anchor.
+
+        ``tasks``: the learner's tasks on a multi-target stream (their heads' outputs count).
+        """
         assert self._recent is not None
         self.pending_ = False
         if self._recent.count == 0:
             return
         x, task = self._recent.contents()
-        new = mas_importance(model, x, task)
+        new = mas_importance(model, x, task, heads=[t.name for t in tasks])
         params = trainable(model)
         for name, omega in new.items():
             old = grow_to(self.importance_.get(name, torch.zeros_like(omega)), omega.shape)

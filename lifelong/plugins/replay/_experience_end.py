@@ -28,7 +28,18 @@ from torch import Tensor
 
 from lifelong.memory import Buffer, ClassBalanced, ExperienceBalanced, Reservoir
 
-__all__ = ["ExperienceEndMemory"]
+__all__ = ["ExperienceEndMemory", "refuse_end_memory"]
+
+
+def refuse_end_memory(plugin: str, memory: str, stream: Any) -> None:
+    """This memory keeps labels only: a multi-target stream is refused before training."""
+    if stream.tasks and memory != "reservoir":
+        from lifelong.errors import CompositionError
+
+        raise CompositionError(f"plugin {plugin!r}: memory={memory!r} keeps one label per "
+                               f"sample, but stream {stream.name!r} has tasks "
+                               f"{', '.join(t.name for t in stream.tasks)}; use memory: "
+                               "reservoir (it stores every task's target)")
 
 
 class ExperienceEndMemory:

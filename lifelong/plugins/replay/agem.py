@@ -8,6 +8,9 @@ the memory. The paper fills its memory per task; here the memory is a
 reservoir, so A-GEM needs no task boundaries (the "A-GEM-R" variant of
 Buzzega et al. 2020), which makes it GEM's task-free alternative.
 
+On a multi-target stream ``g_ref`` is the gradient of the sum of every
+task's loss on the memory batch (the memory stores every task's target).
+
 Chaudhry, Ranzato, Rohrbach & Elhoseiny, "Efficient lifelong learning with
 A-GEM", ICLR 2019. Defaults: ``mem_size=200, batch_size=128``, the best
 Seq-MNIST setting of Buzzega et al. (NeurIPS 2020, appendix; lr 0.1).
@@ -33,6 +36,12 @@ from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.memory.buffer import check_fits
 from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.plugins.replay._targets import (
+    replay_losses,
+    replay_targets,
+    target_columns,
+    target_payload_floats,
+)
 from lifelong.validation import check_number
 
 if TYPE_CHECKING:
@@ -52,8 +61,6 @@ class AGEM:
     """A-GEM (Chaudhry et al. 2019): project the update when it conflicts with a memory gradient."""
 
     name = "agem"
-    single_target = True  # runs the model itself and reads one output: refused on
-    # multi-target streams (Learner._check_stream)
     requires = ()
     owns = ("gradient",)
 
@@ -64,10 +71,13 @@ class AGEM:
         self.batch_size = batch_size
         self.seed = seed
         self.buffer_: Buffer | None = None
+        self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
-        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=0)
+        self._tasks = tuple(stream.tasks)
+        check_fits(self.name, self.mem_size, stream, learner.device,
+                   payload_floats=target_payload_floats(self._tasks))
         self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
 
     @hookimpl
@@ -78,13 +88,20 @@ class AGEM:
         mem = self.buffer_.sample(self.batch_size)
         params = trainable(learner.model)
         g = flat_grad(params)
-        g_ref = flat_grad_of(F.cross_entropy(learner.forward(mem.x, mem.task), mem.y), params)
+        if getattr(learner, "tasks", ()):  # multi-target: the sum of every task's loss on the memory batch
+            targets, present = replay_targets(mem.extras)
+            ref = sum(replay_losses(learner.forward(mem.x, mem.task), targets, present,
+                                    learner.tasks).values())
+            g_ref = flat_grad_of(ref, params)
+        else:
+            g_ref = flat_grad_of(F.cross_entropy(learner.forward(mem.x, mem.task), mem.y), params)
         set_flat_grad(params, agem_project(g, g_ref))
 
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
-        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task)
+        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task,
+                         **target_columns(step.batch, self._tasks))
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": buffer_state(self.buffer_)}

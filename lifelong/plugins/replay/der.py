@@ -6,6 +6,11 @@ logits are never refreshed. DER adds ``alpha * MSE(model(x'), z')`` on a
 replay batch ``(x', z')``; DER++ adds ``beta * CE(model(x''), y'')`` on a
 second, independently drawn replay batch. Both need no boundaries.
 
+On a multi-target stream every head's output is stored (``logits/<task>``)
+with every task's target; the DER term sums each head's mean squared error
+to its stored output, DER++'s label term every task's loss (reservoir
+memory only).
+
 Buzzega, Boschini, Porrello, Abati & Calderara, "Dark experience for
 general continual learning: a strong, simple baseline", NeurIPS 2020.
 Defaults are the paper's best Seq-MNIST hyper-parameters for a buffer of
@@ -52,7 +57,15 @@ from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.memory.buffer import check_fits
-from lifelong.plugins.replay._experience_end import ExperienceEndMemory
+from lifelong.plugins.replay._experience_end import ExperienceEndMemory, refuse_end_memory
+from lifelong.plugins.replay._targets import (
+    logit_matching,
+    output_columns,
+    replay_losses,
+    replay_targets,
+    target_columns,
+    target_payload_floats,
+)
 from lifelong.stream.base import Batch
 from lifelong.validation import check_number
 
@@ -88,6 +101,7 @@ class DER:
         self.seed = seed
         self.memory = memory
         self.buffer_: Buffer | ExperienceEndMemory | None = None
+        self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -96,7 +110,11 @@ class DER:
 
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
-        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=stream.num_classes)
+        refuse_end_memory(self.name, self.memory, stream)
+        self._tasks = tuple(stream.tasks)
+        payload = (stream.num_classes if not self._tasks else target_payload_floats(self._tasks)
+                   + sum(t.size + 1 for t in self._tasks))
+        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=payload)
         if self.memory == "reservoir":
             self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
         else:
@@ -113,6 +131,9 @@ class DER:
         logits, replay = step.logits_of(self), step.replay_of(self)
         if logits is None or replay is None or replay.extras is None:
             return None
+        if getattr(step, "outputs", None) is not None:  # multi-target: every head's stored output
+            match = logit_matching(step.outputs_of(self), replay.extras, learner.tasks)
+            return {"der": self.alpha * match}
         return {"der": self.alpha * der_loss(logits, replay.extras["logits"])}
 
     @hookimpl
@@ -121,6 +142,10 @@ class DER:
         b = step.batch
         if isinstance(self.buffer_, ExperienceEndMemory):  # logits come at the experience end
             self.buffer_.add(b.x, b.y, b.task)
+            return
+        if getattr(step, "outputs", None) is not None:  # multi-target: every task's target and head output
+            self.buffer_.add(b.x, b.y, b.task, **target_columns(b, self._tasks),
+                             **output_columns(step.outputs, self._tasks, step.n_stream))
             return
         self.buffer_.add(b.x, b.y, b.task, logits=step.stream_logits.detach())
 
@@ -166,7 +191,7 @@ class DERpp(DER):
         return Batch(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]),
                      None if first.task is None or second.task is None
                      else torch.cat([first.task, second.task]),
-                     {"logits": torch.cat([first.extras["logits"], second.extras["logits"]])})
+                     {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()})
 
     @hookimpl
     def loss_terms(self, learner: Learner, step: Step) -> dict[str, Tensor] | None:
@@ -174,6 +199,15 @@ class DERpp(DER):
         if logits is None or replay is None or replay.extras is None:
             return None
         h = len(replay) // 2  # first half: logits term; second half: label term
+        if getattr(step, "outputs", None) is not None:  # multi-target: every head and every task's target
+            out = step.outputs_of(self)
+            first = {k: v[:h] for k, v in out.items()}
+            second = {k: v[h:] for k, v in out.items()}
+            targets, present = replay_targets({k: v[h:] for k, v in replay.extras.items()})
+            labels = sum(replay_losses(second, targets, present, learner.tasks).values())
+            return {"derpp_logits": self.alpha * logit_matching(
+                        first, {k: v[:h] for k, v in replay.extras.items()}, learner.tasks),
+                    "derpp_labels": self.beta * labels}
         return {"derpp_logits": self.alpha * der_loss(logits[:h], replay.extras["logits"][:h]),
                 "derpp_labels": self.beta * F.cross_entropy(logits[h:], replay.y[h:])}
 

@@ -5,6 +5,11 @@ random from a reservoir buffer; the stream batch then enters the buffer.
 The replay loss is added to the stream loss (the sum of the two batch
 means, i.e. the paper's step on the joint batch with twice its step size).
 
+On a multi-target stream the memory stores every task's target
+(:mod:`lifelong.plugins.replay._targets`), and the ``er`` term is the sum
+over the tasks of each task's loss on the replayed rows that carry its
+target; the reservoir is unchanged. Only ``memory="reservoir"`` does this.
+
 Chaudhry, Rohrbach, Elhoseiny, Ajanthan, Dokania, Torr & Ranzato, "On tiny
 episodic memories in continual learning" (arXiv:1902.10486, 2019).
 Defaults: ``batch_size=None`` (equal to the stream batch, as in the paper);
@@ -50,7 +55,13 @@ from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.memory.buffer import check_fits
-from lifelong.plugins.replay._experience_end import ExperienceEndMemory
+from lifelong.plugins.replay._experience_end import ExperienceEndMemory, refuse_end_memory
+from lifelong.plugins.replay._targets import (
+    replay_losses,
+    replay_targets,
+    target_columns,
+    target_payload_floats,
+)
 from lifelong.stream.base import Batch
 from lifelong.validation import check_number
 
@@ -83,6 +94,7 @@ class ER:
         self.memory = memory
         self.replay_loss = replay_loss
         self.buffer_: Buffer | ExperienceEndMemory | None = None
+        self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -93,7 +105,10 @@ class ER:
     def before_training(self, learner: Learner, stream: Stream) -> None:
         if self.batch_size is None:  # equal to the stream batch
             check_sizes(self.name, self.mem_size, learner.batch_size, "the stream's batch_size")
-        check_fits(self.name, self.mem_size, stream, learner.device, payload_floats=0)
+        refuse_end_memory(self.name, self.memory, stream)
+        self._tasks = tuple(stream.tasks)
+        check_fits(self.name, self.mem_size, stream, learner.device,
+                   payload_floats=target_payload_floats(self._tasks))
         if self.memory == "reservoir":
             self.buffer_ = Buffer(self.mem_size, device=learner.device, seed=self.seed)
         else:
@@ -112,6 +127,15 @@ class ER:
         logits, replay = step.logits_of(self), step.replay_of(self)
         if logits is None:
             return None
+        if getattr(step, "outputs", None) is not None:  # multi-target: every task's loss on the replayed rows
+            targets, present = replay_targets(replay.extras)
+            per_task = replay_losses(step.outputs_of(self), targets, present, learner.tasks)
+            replayed = sum(per_task.values())
+            if self.replay_loss == "joint_mean":
+                w = len(replay) / (len(replay) + step.n_stream)
+                own = sum(step.losses[t.loss_name] for t in learner.tasks)
+                return {"er": w * (replayed - own)}
+            return {"er": replayed}
         replayed = F.cross_entropy(logits, replay.y)
         if self.replay_loss == "joint_mean":  # one mean over stream + replay rows (Avalanche)
             w = len(replay) / (len(replay) + step.n_stream)
@@ -121,7 +145,8 @@ class ER:
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
-        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task)
+        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task,
+                         **target_columns(step.batch, self._tasks))
 
     @hookimpl
     def after_experience(self, learner: Learner, experience: Any) -> None:

@@ -16,6 +16,9 @@ biases the update towards backward transfer; it is applied as the bound
 ``eps * I`` to ``G G'`` so that the QP stays strictly convex when two task
 gradients are parallel (solver: ``quadprog``, Goldfarb & Idnani 1983).
 
+On a multi-target stream each past task's memory gradient is that of the
+sum of every task's loss on its memory (all targets are stored).
+
 Lopez-Paz & Ranzato, "Gradient episodic memory for continual learning",
 NeurIPS 2017. Defaults: ``memory_strength=0.5`` and 256 memories per task
 (``mem_size=5120`` = 256 x the 20 tasks of its MNIST experiments), both
@@ -52,6 +55,13 @@ from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_bu
 from lifelong.memory.buffer import check_fits
 from lifelong.per_sample import grouped_grads
 from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.plugins.replay._targets import (
+    grouped_task_losses,
+    replay_losses,
+    replay_targets,
+    target_columns,
+    target_payload_floats,
+)
 from lifelong.stream.base import Batch
 from lifelong.validation import check_number
 
@@ -95,8 +105,6 @@ class GEM:
     """Gradient episodic memory (Lopez-Paz & Ranzato 2017): per-task memories, QP projection."""
 
     name = "gem"
-    single_target = True  # runs the model itself and reads one output: refused on
-    # multi-target streams (Learner._check_stream)
     requires = ("boundaries",)
     owns = ("gradient",)
     requires_hint = ("GEM keeps one memory per task and needs to know where tasks end: use "
@@ -118,11 +126,14 @@ class GEM:
         self.seed = seed
         self.buffer_: Buffer | None = None
         self.task_ = -1
+        self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         n_tasks = stream.n_experiences if stream.task_aware else None
-        check_fits(self.name, self.mem_size, stream, learner.device)
+        self._tasks = tuple(stream.tasks)
+        check_fits(self.name, self.mem_size, stream, learner.device,
+                   payload_floats=target_payload_floats(self._tasks))
         self.buffer_ = Buffer(self.mem_size, selection=Episodic(n_tasks), device=learner.device,
                               seed=self.seed)
         self.task_ = -1
@@ -140,7 +151,8 @@ class GEM:
                 if len(s)]
         if not mems:
             return
-        G = self._task_gradients(learner, mems, params)
+        G = (self._task_gradients(learner, mems, params) if not getattr(learner, "tasks", ())
+             else self._multitask_gradients(learner, mems, params))
         g = flat_grad(params)
         Gg = G @ g
         # one host sync for both checks; a non-finite loss is the learner's nan_policy's
@@ -163,11 +175,33 @@ class GEM:
         return torch.stack([flat_grad_of(F.cross_entropy(learner.forward(m.x, m.task), m.y), params)
                             for m in mems])
 
+    @staticmethod
+    def _multitask_gradients(learner: Learner, mems: list[Batch], params: list[Any]) -> Tensor:
+        """Multi-target streams: each past task's memory gradient of the sum of every task's
+        loss on that memory (one backward for all if possible)."""
+        sizes = [len(m) for m in mems]
+        x = torch.cat([m.x for m in mems])
+        task = torch.cat([m.task for m in mems]) if mems[0].task is not None else None
+        extras = {k: torch.cat([m.extras[k] for m in mems]) for k in (mems[0].extras or {})}
+        targets, present = replay_targets(extras)
+        G = grouped_grads(learner.model, lambda: learner.forward(x, task),
+                          lambda out: grouped_task_losses(out, targets, present, learner.tasks,
+                                                          sizes), sizes)
+        if G is not None:
+            return G
+        rows = []
+        for m in mems:
+            tg, has = replay_targets(m.extras)
+            loss = sum(replay_losses(learner.forward(m.x, m.task), tg, has, learner.tasks).values())
+            rows.append(flat_grad_of(loss, params))
+        return torch.stack(rows)
+
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
         b = step.batch
-        self.buffer_.add(b.x, b.y, torch.full_like(b.y, max(self.task_, 0)))
+        self.buffer_.add(b.x, b.y, torch.full_like(b.y, max(self.task_, 0)),
+                         **target_columns(b, self._tasks))
 
     def state_dict(self) -> dict[str, Any]:
         return {"task": self.task_,
