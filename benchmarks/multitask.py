@@ -19,10 +19,22 @@ parameters for cross-stitch networks (they have no shared representation).
 stepped at 0.05 instead of the network's rate (the default), to show how
 far they get in one pass.
 
+Continual section (multi-task learning composed with the continual methods):
+``permuted_multitask_mnist`` (tasks left, right on MultiMNIST; experience
+1 permutes the pixels), two experiences, a shared-bottom MLP [100], SGD lr
+0.05, batch 32, 2 passes per experience, 3 seeds: naive fine-tuning, ER
+(reservoir 200, every task's target replayed), EWC (lambda 10, Fisher of
+every head on 500 samples), LwF (every head distilled, T 2), A-GEM (memory
+200, reference batch 32, the sum of the tasks' losses). Per task: accuracy
+averaged over both experiences' test sets after the last experience, and
+forgetting (best earlier accuracy on experience 0's test set minus the
+final one).
+
 Run: ``python benchmarks/multitask.py`` (3 seeds, a few minutes on one
 thread; ``--seeds 1`` for a quick look). The last line is one JSON object:
 ``"stream/architecture/method" -> {"tasks": {task: metric}, "delta_mtl": ...}``
-(means over seeds), plus ``"meta"``.
+(means over seeds), plus ``"meta"`` and ``"continual"``: method -> {"tasks": {task:
+final accuracy}, "forgetting": {task: ...}} (means over seeds).
 """
 
 from __future__ import annotations
@@ -100,6 +112,41 @@ def relative(row: dict[str, list[float]], base: dict[str, list[float]], task: st
     return -change if kind == "regression" else change
 
 
+CONTINUAL = ("naive", "er", "ewc", "lwf", "agem")
+
+
+def continual_plugins(method: str, seed: int) -> list[Any]:
+    from lifelong.plugins.regularization import EWC, LwF
+    from lifelong.plugins.replay import AGEM, ER
+
+    return {"naive": [], "er": [ER(mem_size=200, seed=seed)],
+            "ewc": [EWC(ewc_lambda=10.0, fisher_samples=500, seed=seed)], "lwf": [LwF()],
+            "agem": [AGEM(mem_size=200, batch_size=32, seed=seed)]}[method]
+
+
+def continual(seeds: int) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """method -> {"final"|"forgetting": {task: per-seed values}} on permuted MultiMNIST."""
+    from lifelong.stream.multitask import permuted_multitask_mnist
+
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for seed in range(seeds):
+        stream = permuted_multitask_mnist(n_experiences=2, seed=seed)
+        for method in CONTINUAL:
+            torch.manual_seed(seed)
+            model = shared_bottom(input_shape=stream.input_shape, num_classes=10,
+                                  tasks=stream.tasks, hidden=[100])
+            view = TaskMetrics()
+            Learner(model, plugins=[*continual_plugins(method, seed), view], lr=0.05,
+                    batch_size=32, epochs=2, device="cpu", seed=seed).fit(stream)
+            row = out.setdefault(method, {"final": {}, "forgetting": {}})
+            for task, rows in view.rows_.items():
+                row["final"].setdefault(task, []).append(statistics.fmean(rows[-1]))
+                forget = statistics.fmean(max(r[j] for r in rows[:-1]) - rows[-1][j]
+                                          for j in range(len(rows[-1]) - 1))
+                row["forgetting"].setdefault(task, []).append(forget)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -109,9 +156,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--dwa-period", type=int, default=25)
     ap.add_argument("--streams", nargs="+", default=["multi_mnist", "mixed_scale_mnist"])
+    ap.add_argument("--continual-seeds", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    cont = continual(args.continual_seeds) if args.continual_seeds else {}
+    if cont:
+        print(f"  continual section done ({time.perf_counter() - t0:.0f} s)", flush=True)
     makers = {"multi_mnist": multi_mnist, "mixed_scale_mnist": mixed_scale_mnist}
     results: dict[str, dict[str, list[float]]] = {}  # key -> metric name -> per-seed values
     kinds_of: dict[str, dict[str, str]] = {}
@@ -176,6 +227,19 @@ def main() -> None:
         print("\nthe papers' claim on the mixed-scale stream:")
         for v in verdicts:
             print("  " + v)
+    if cont:
+        tasks = list(next(iter(cont.values()))["final"])
+        print(f"\ncontinual: permuted_multitask_mnist, 2 experiences, {args.continual_seeds} "
+              "seeds, shared bottom [100], SGD lr 0.05, batch 32, 2 passes; accuracy after the "
+              "last experience (mean over both test sets) and forgetting of experience 0")
+        head = f"{'method':<10}" + "".join(f"{t + ' acc':>18}{t + ' forgetting':>20}"
+                                           for t in tasks)
+        print(f"{head}\n{'-' * len(head)}")
+        for method, row in cont.items():
+            print(f"{method:<10}" + "".join(
+                f"{mean(row['final'][t]):>11.3f} ±{sd(row['final'][t]):>5.3f}"
+                f"{mean(row['forgetting'][t]):>13.3f} ±{sd(row['forgetting'][t]):>5.3f}"
+                for t in tasks))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     out: dict[str, Any] = {
         key: {"tasks": {n: round(mean(v), 4) for n, v in row.items() if n != "delta_mtl"},
@@ -185,6 +249,10 @@ def main() -> None:
                    "epochs": args.epochs, "lr": args.lr, "optimizer": "adam",
                    "batch_size": args.batch_size, "hidden": args.hidden,
                    "dwa_period": args.dwa_period, "torch": torch.__version__}
+    out["continual"] = {
+        method: {"tasks": {t: round(mean(v), 4) for t, v in row["final"].items()},
+                 "forgetting": {t: round(mean(v), 4) for t, v in row["forgetting"].items()}}
+        for method, row in cont.items()}
     print(json.dumps(out))
 
 

@@ -164,7 +164,8 @@ class EvalReport:
     a target stream). Multi-target streams: ``tasks[name][j]`` is that task's
     metric on evaluation set j (accuracy for a classification, mean squared
     error for a regression), and ``class_il`` / ``task_il`` are those of the
-    first classification task.
+    first classification task; a task arriving with a later experience is
+    reported from that experience on.
     """
 
     kind: str
@@ -359,7 +360,8 @@ class Learner:
 
     @property
     def tasks(self) -> tuple[TaskSpec, ...]:
-        """The tasks of the stream being trained on (empty for single-target streams)."""
+        """The tasks of the stream being trained on (empty for single-target streams); on a
+        stream declaring tasks per experience, those that exist at the current experience."""
         return self._tasks
 
     @property

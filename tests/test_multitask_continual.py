@@ -211,7 +211,7 @@ def _forgetting(plugin):
     key = "none" if plugin is None else plugin.name
     if key in _CL:
         return _CL[key]
-    s = _CL.setdefault("stream", None) or permuted_multitask_mnist(tasks=("right", "left"))
+    s = _CL.setdefault("stream", None) or permuted_multitask_mnist(task_names=("right", "left"))
     _CL["stream"] = s
     torch.manual_seed(0)
     model = shared_bottom(input_shape=s.input_shape, num_classes=10, tasks=s.tasks, hidden=[100])
@@ -364,3 +364,37 @@ def test_errors_a_user_can_cause_are_one_line_before_training():
         make_learner([ER(mem_size=20, memory="experience_balanced_end")], m).fit(m)
     with pytest.raises(ConfigError, match="plugin 'lwf': multihead"):
         make_learner([get_registry().get("plugin", "lwf").factory(multihead=True)], m).fit(m)
+
+
+ARRIVING_YAML = """
+seed: 0
+device: cpu
+stream: {name: permuted_multitask_mnist, task_names: [digit, parity],
+         experience_tasks: [[digit], [digit, parity]]}
+backbone: {name: shared_bottom, hidden: [16]}
+plugins: [{name: ewc, ewc_lambda: 1.0, fisher_samples: 200}, {name: er, mem_size: 150}]
+train: {batch_size: 100, momentum: 0.9}
+"""
+
+
+def test_killed_cli_run_resumed_after_the_head_appeared_is_bit_identical(tmp_path):
+    import yaml
+
+    from lifelong.checkpoint import Checkpointer
+    from lifelong.cli import main
+    from lifelong.run import build
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(ARRIVING_YAML)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    half = tmp_path / "half"
+    half.mkdir()
+    run = build(yaml.safe_load(ARRIVING_YAML))
+    assert sorted(run.learner.model.heads) == ["digit"]
+    run.learner.fit(run.stream, stop_after=25)  # experience 1 has begun: parity's head grew
+    assert sorted(run.learner.model.heads) == ["digit", "parity"]
+    Checkpointer(half, run.config, every=0).save(run.learner)
+    assert main(["run", "--resume", str(half), "--quiet"]) == 0
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(half / "model.pt", weights_only=True)
+    assert_same_state(a, b, "weights (resumed vs uninterrupted)")

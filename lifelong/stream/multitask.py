@@ -252,14 +252,14 @@ PERMUTED_TASKS = {"left": TaskSpec("left", "classification", 10),
 OVERLAY_TASKS = ("left", "right")
 
 
-def permuted_multitask_mnist(*, n_experiences: int = 2, tasks: Sequence[str] = ("left", "right"),
+def permuted_multitask_mnist(*, n_experiences: int = 2, task_names: Sequence[str] = ("left", "right"),
                              experience_tasks: Sequence[Sequence[str]] | None = None,
                              ink_scale: float = 1.0, test_fraction: float = 0.2,
                              seed: int = 0) -> Stream:
     """A continual multi-task stream on permuted MNIST (Goodfellow et al. 2013; the EWC
     paper's benchmark): experience ``e`` holds its own share of the samples with the pixels
     shuffled by a fixed random permutation (none for experience 0), its test set likewise.
-    Tasks: ``left`` and ``right`` on MultiMNIST images (as :func:`multi_mnist`), or any of
+    Tasks (``task_names``): ``left`` and ``right`` on MultiMNIST images (as :func:`multi_mnist`), or any of
     ``digit``, ``parity`` and ``ink`` on the MNIST subset (as :func:`mixed_scale_mnist`,
     with ``ink_scale``). ``experience_tasks`` declares the tasks of each experience (see
     :func:`multi_target`): a task, and its head, may arrive with a later experience."""
@@ -268,11 +268,11 @@ def permuted_multitask_mnist(*, n_experiences: int = 2, tasks: Sequence[str] = (
             or not 1 <= n_experiences <= 20:
         raise ConfigError(f"{where}: n_experiences must be an integer in [1, 20], got "
                           f"{n_experiences!r}")
-    tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+    tasks = list(task_names) if isinstance(task_names, (list, tuple)) else [task_names]
     overlay = [t for t in tasks if t in OVERLAY_TASKS]
     bad = [t for t in tasks if t not in PERMUTED_TASKS]
     if bad or not tasks or len(set(tasks)) != len(tasks) or 0 < len(overlay) < len(tasks):
-        raise ConfigError(f"{where}: tasks must be distinct names among left, right "
+        raise ConfigError(f"{where}: task_names must be distinct names among left, right "
                           f"(MultiMNIST) or among digit, parity, ink (one digit), got {tasks!r}")
     if not isinstance(ink_scale, (int, float)) or isinstance(ink_scale, bool) or not ink_scale > 0:
         raise ConfigError(f"{where}: ink_scale must be > 0, got {ink_scale!r}")
