@@ -496,6 +496,12 @@ def select_experiences(stream: Stream, *, first: int | None = None, skip: int = 
         base = cps[skip - 1] if skip else 0
         meta["change_points"] = [c - base for c in cps[skip:stop - 1]]
     name = stream.name if (skip, stop) == (0, n) else f"{stream.name}[{skip}:{stop}]"
+    schedule = stream.experience_tasks  # tasks declared per experience follow the selection
+    if schedule:  # the first kept experience has every task declared up to it
+        seen = {t for names in schedule[:skip + 1] for t in names}
+        schedule = (tuple(t.name for t in stream.tasks if t.name in seen),
+                    *schedule[skip + 1:stop])
     return dataclasses.replace(
         stream, name=name, n_experiences=stop - skip, test=list(stream.test[skip:stop]), meta=meta,
-        make_experiences=functools.partial(_selected_experiences, stream, skip, stop))
+        make_experiences=functools.partial(_selected_experiences, stream, skip, stop),
+        experience_tasks=schedule)
