@@ -134,6 +134,18 @@ def test_replayed_rows_enter_every_tasks_loss_over_the_rows_that_have_its_target
                                torch.stack([sum(g.values()) for g in groups]))
 
 
+def test_der_matches_every_heads_stored_output_over_the_rows_that_stored_one():
+    from lifelong.plugins.replay._targets import logit_matching, output_columns
+
+    torch.manual_seed(0)
+    old = {"a": torch.randn(3, 3), "b": torch.randn(3, 2)}  # c's head had not arrived
+    cols = output_columns(old, TASKS, 3)
+    assert cols["haslogits/c"].tolist() == [False] * 3 and cols["haslogits/a"].all()
+    new = {"a": torch.randn(3, 3), "b": torch.randn(3, 2), "c": torch.randn(3, 2)}
+    want = F.mse_loss(new["a"], old["a"]) + F.mse_loss(new["b"], old["b"])
+    torch.testing.assert_close(logit_matching(new, cols, TASKS), want)
+
+
 def test_er_stores_every_tasks_target_and_its_term_sums_their_losses():
     s = tiny_multitask_stream()
 
