@@ -90,9 +90,13 @@ def test_every_plugin_trains_on_any_small_stream(name, shape):
     if "boundaries" in needs:
         shape["task_aware"] = True
     stream = blobs(n_test_per_class=2, task_labels="task_labels" in needs, **shape)
+    lr = 0.05
     if "multitask" in needs:  # multi-task methods train on the same samples with three targets
         stream = multitask_view(stream)
-    learner = make_learner([plugin], stream, batch_size=bs)
+        # three summed losses at batch 1: SGD at 0.05 diverges on a few of these streams even
+        # with no plugin at all (the regression head), so the property would test the fixture
+        lr = 0.02
+    learner = make_learner([plugin], stream, batch_size=bs, lr=lr)
     learner.fit(stream)
     assert all(torch.isfinite(p).all() for p in learner.model.parameters())
     assert learner.samples_seen == shape["n_experiences"] * shape["classes_per_experience"] * \
