@@ -1,4 +1,4 @@
-"""``lifelong run|bench|list|plot|serve|tune``: parse, validate, call the library, render.
+"""``lifelong run|bench|list|plot|report|serve|tune``: parse, validate, call the library, render.
 
 User mistakes (bad YAML, unknown keys or names, plugins that cannot
 compose, bad data) print one line ``error: ...`` and exit with status 2;
@@ -336,44 +336,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Accuracy matrix heat map and accuracy-over-time curves from a metrics.json."""
-    path = Path(args.metrics)
-    if path.is_dir():
-        path = path / "metrics.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no metrics.json there; run `lifelong run ... --out DIR` first")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg})") from exc
-    import matplotlib
+    """Figures of a run or of a grid (PNG and SVG); with ``--html`` a grid's report too."""
+    from lifelong.report import grid_report, plot_path
+    from lifelong.report.data import GRID_FILE, is_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if args.html and not is_grid(args.path):
+        raise ConfigError(f"--html: {args.path} is not a grid directory (no {GRID_FILE}); the "
+                          "HTML report is of a `lifelong bench --out DIR` grid")
+    formats = [f.strip() for f in (args.format or "png,svg").split(",") if f.strip()]
+    paths = plot_path(args.path, args.out, formats)
+    if args.html:
+        paths.append(grid_report(args.path, Path(paths[0]).parent / "report.html"))
+    _console().print("written: " + ", ".join(str(p) for p in paths))
+    return 0
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    R = m.get("accuracy_matrix") or [[0.0]]
-    im = axes[0].imshow(R, vmin=0, vmax=1, cmap="viridis")
-    axes[0].set(title="accuracy matrix", xlabel="test on experience", ylabel="after experience",
-                xticks=range(len(R[0])), yticks=range(len(R)))
-    fig.colorbar(im, ax=axes[0])
-    for key, label in (("prequential_windows", "prequential (windowed)"),
-                       ("anytime_accuracy", "anytime (held-out, seen classes)")):
-        pts = m.get(key) or []
-        if pts:
-            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    for i, cp in enumerate(m.get("true_change_points") or []):
-        axes[1].axvline(cp, color="grey", ls=":", lw=0.8, label="true change" if i == 0 else None)
-    for i, b in enumerate(m.get("boundaries_detected") or []):
-        axes[1].axvline(b, color="red", ls="--", lw=0.8,
-                        label="detected boundary" if i == 0 else None)
-    axes[1].set(title="accuracy over time", xlabel="samples seen", ylabel="accuracy", ylim=(0, 1))
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend()
-    out = Path(args.out) if args.out else path.with_name("metrics.png")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    _console().print(f"plot written to {out}")
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The self-contained HTML report of a grid (tables and figures in one file)."""
+    from lifelong.report import grid_report
+
+    _console().print(f"report written to {grid_report(args.grid, args.out)}")
     return 0
 
 
@@ -473,10 +455,17 @@ def make_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", required=True, help="directory for study.db and tune.json")
     tu.add_argument("--quiet", action="store_true")
     tu.set_defaults(func=cmd_tune)
-    pl = sub.add_parser("plot", help="plot a metrics.json (accuracy matrix, curves) to PNG")
-    pl.add_argument("metrics", help="metrics.json or the run's --out directory")
-    pl.add_argument("--out", help="PNG path (default: next to metrics.json)")
+    pl = sub.add_parser("plot", help="figures of a run or a bench grid (PNG, SVG)")
+    pl.add_argument("path", help="a run's --out directory (or its metrics.json), or a bench "
+                                 "--out directory (bench_runs.jsonl)")
+    pl.add_argument("--out", help="directory for the figures (default: PATH/plots)")
+    pl.add_argument("--format", default="png,svg", help="comma-separated: png, svg")
+    pl.add_argument("--html", action="store_true", help="a grid: also the HTML report")
     pl.set_defaults(func=cmd_plot)
+    rp = sub.add_parser("report", help="one self-contained HTML report of a bench grid")
+    rp.add_argument("grid", help="a bench --out directory (bench_runs.jsonl)")
+    rp.add_argument("--out", help="HTML file (default: GRID/report.html)")
+    rp.set_defaults(func=cmd_report)
     from lifelong.serve.app import add_arguments, cmd_serve
 
     sv = sub.add_parser("serve", help="serve one learner over HTTP: /predict, /learn, /metrics")

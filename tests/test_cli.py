@@ -172,7 +172,7 @@ def test_plot_writes_png(tmp_path, capsys):
     assert main(["run", write(tmp_path, BLOBS), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     code, _, err = run_cli(["plot", str(tmp_path / "o")], capsys)
     assert code == 0, err
-    png = tmp_path / "o" / "metrics.png"
+    png = tmp_path / "o" / "plots" / "accuracy_matrix.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
