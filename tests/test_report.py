@@ -192,6 +192,10 @@ def test_html_report_is_self_contained_with_tables(tmp_path):
     c = next(c for c in g.cells if c.label == "er mem_size=500" and c.stream == "split_mnist")
     mean, h, _ = c.stat("final_avg_accuracy")
     assert f'<td class="best">{mean:.3f} <span class="ci">&plusmn; {h:.3f}</span></td>' in text
+    fm, fh, _ = c.stat("avg_forgetting")                 # lower is better: the least forgetting
+    assert f'<td class="best">{fm:.3f} <span class="ci">&plusmn; {fh:.3f}</span></td>' in text
+    assert text.count('class="best"') == 2 * 6   # per stream, each column once; FWT and peak
+    #                                              memory are equal in every cell: none bold
     assert "ConfigError: bad lr" in text and "Failed runs (1)" in text
     html = render(g)
     assert html.count("<table>") == 3                  # two streams + the failed runs

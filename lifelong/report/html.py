@@ -49,7 +49,7 @@ def _fmt(v: float | None, key: str) -> str:
 
 def _best(cells: list[Cell], key: str) -> float | None:
     means = [m for m in (c.stat(key)[0] for c in cells) if m is not None]
-    if len(means) < 2:
+    if len(means) < 2 or min(means) == max(means):  # nothing to tell apart
         return None
     return min(means) if key in LOWER_IS_BETTER else max(means)
 
