@@ -159,6 +159,9 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
         compile=train.get("compile", False),
     )
     cfg["train"] = train
+    for p in plugins:  # loggers name their run and record its params from the resolved config
+        if hasattr(p, "describe_run"):
+            p.describe_run(cfg)
     return Run(cfg, stream, learner, plugins, threads=threads, threads_rule=threads_rule)
 
 
