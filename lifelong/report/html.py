@@ -68,8 +68,8 @@ def _table(grid: Grid, stream: str) -> str:
     body = []
     for c in cells:
         tds = [f'<td class="l">{html.escape(c.strategy)}</td>',
-               *(f'<td class="l">{html.escape(json.dumps(c.axes.get(a)))}</td>'
-                 for a in axis_names),
+               *(f'<td class="l">{html.escape(json.dumps(c.axes[a]) if a in c.axes else "-")}'
+                 "</td>" for a in axis_names),
                f"<td>{len(c.ok)}{' (' + str(len(c.failed)) + ' failed)' if c.failed else ''}"
                "</td>"]
         for k in keys:
