@@ -199,3 +199,12 @@ def test_html_report_is_self_contained_with_tables(tmp_path):
     assert "ConfigError: bad lr" in text and "Failed runs (1)" in text
     html = render(g)
     assert html.count("<table>") == 3                  # two streams + the failed runs
+
+
+def test_rows_of_an_older_bench_without_throughput_still_plot(tmp_path):
+    rows = [{"stream": "blobs", "strategy": s, "seed": k, "status": "ok",
+             "final_avg_accuracy": a + k / 100, "avg_forgetting": 0.5 - a}
+            for s, a in (("naive", 0.4), ("joint", 0.9)) for k in range(2)]
+    g = load_grid(write_grid(tmp_path / "g", rows))
+    assert list(P.grid_figures(g)) == ["accuracy_forgetting"]
+    assert [c.stat("final_avg_accuracy")[2] for c in g.cells] == [2, 2]

@@ -265,10 +265,22 @@ def run_figures(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _has(grid: Grid, *keys: str) -> bool:
+    return any(all(c.stat(k)[0] is not None for k in keys) for c in grid.cells)
+
+
 def grid_figures(grid: Grid) -> dict[str, Any]:
-    """``name -> Figure`` for a grid."""
-    return {"accuracy_vs_throughput": figure_accuracy_vs_throughput(grid),
-            "accuracy_forgetting": figure_accuracy_forgetting(grid)}
+    """``name -> Figure`` for a grid: only those its rows can draw (rows written by an older
+    ``lifelong bench`` have no throughput)."""
+    out: dict[str, Any] = {}
+    if _has(grid, "samples_per_second", "final_avg_accuracy"):
+        out["accuracy_vs_throughput"] = figure_accuracy_vs_throughput(grid)
+    if _has(grid, "final_avg_accuracy") or _has(grid, "avg_forgetting"):
+        out["accuracy_forgetting"] = figure_accuracy_forgetting(grid)
+    if not out:
+        raise ConfigError(f"{grid.path}: its finished runs have neither final_avg_accuracy nor "
+                          "samples_per_second; nothing to draw")
+    return out
 
 
 def save(figures: dict[str, Any], out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
