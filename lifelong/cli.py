@@ -8,7 +8,6 @@ an interrupted run exits with 130.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence

@@ -95,8 +95,11 @@ def test_grid_groups_cells_and_keeps_failed_rows(tmp_path):
 def test_grid_last_write_wins_and_a_cut_last_line_is_skipped(tmp_path):
     rows = grid_rows(streams=("s",), seeds=(0,))
     rerun = dict(rows[-1], status="ok", final_avg_accuracy=0.5, samples_per_second=1.0)
-    g = load_grid(write_grid(tmp_path / "g", [*rows, rerun], tail='{"hash": "x", "sta'))
-    assert g.skipped_lines == [len(rows) + 2]
+    later_failure = dict(rows[0], status="failed", error="killed")  # an ok row stays
+    g = load_grid(write_grid(tmp_path / "g", [*rows, rerun, later_failure],
+                             tail='{"hash": "x", "sta'))
+    assert g.skipped_lines == [len(rows) + 3]
+    assert next(c for c in g.cells if c.strategy == "naive").ok[0]["status"] == "ok"
     ewc = next(c for c in g.cells if c.strategy == "ewc")
     assert not ewc.failed and len(ewc.ok) == 2       # the failed run reran fine: one row
     bad = tmp_path / "bad"
@@ -208,3 +211,26 @@ def test_rows_of_an_older_bench_without_throughput_still_plot(tmp_path):
     g = load_grid(write_grid(tmp_path / "g", rows))
     assert list(P.grid_figures(g)) == ["accuracy_forgetting"]
     assert [c.stat("final_avg_accuracy")[2] for c in g.cells] == [2, 2]
+
+
+def test_report_of_a_real_grid(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text("seed: 0\ndevice: cpu\nstream: {name: blobs, n_experiences: 2, n_per_class: 8, "
+                    "n_test_per_class: 4}\nbackbone: {name: mlp, hidden: [8]}\n"
+                    "train: {batch_size: 4, lr: 0.05}\n")
+    out = tmp_path / "grid"
+    assert main(["bench", "--config", str(base), "--strategies", "naive,er", "--seeds", "0,1",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["report", str(out)]) == 0 and main(["plot", str(out), "--format", "png"]) == 0
+    g = load_grid(out)
+    rows = [json.loads(x) for x in (out / "bench_runs.jsonl").read_text().splitlines()]
+    assert [c.strategy for c in g.cells] == ["naive", "er"] and all(len(c.ok) == 2 for c in g.cells)
+    for c in g.cells:
+        accs = [r["final_avg_accuracy"] for r in rows if r["strategy"] == c.strategy]
+        assert c.stat("final_avg_accuracy")[:2] == pytest.approx(mean_ci(accs)[:2])
+        run = out / c.ok[0]["run_dir"]                   # each run's own figures, too
+        assert main(["plot", str(run), "--format", "png"]) == 0
+    text = (out / "report.html").read_text()
+    assert "Stream blobs" in text and text.count("data:image/png;base64,") == 2
+    assert (out / "plots" / "accuracy_vs_throughput.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()

@@ -37,7 +37,8 @@ METRICS = {  # row key -> (label, unit); the columns of the report's table
 
 
 def mean_ci(values: list[float], *, level: float = 0.95) -> tuple[float | None, float | None, int]:
-    """``(mean, half-width, n)``: the Student-t ``level`` confidence interval over ``values``.
+    """``(mean, half-width, n)``: the Student-t ``level`` confidence interval over ``values``
+    (:func:`lifelong.bench.summary.mean_ci`, the grid summary's own), with the count.
 
     The half-width is ``t_{(1+level)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard
     deviation; ``None`` with fewer than two values (no spread to estimate), and the mean is
@@ -47,17 +48,11 @@ def mean_ci(values: list[float], *, level: float = 0.95) -> tuple[float | None, 
     >>> round(m, 3), round(h, 3), n          # t_{0.975, 1} = 12.706, s = 0.1414
     (0.6, 1.271, 2)
     """
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(xs)
-    if n == 0:
-        return None, None, 0
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, None, n
-    from scipy.stats import t  # scipy comes with scikit-learn
+    from lifelong.bench.summary import mean_ci as student_t
 
-    s = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, float(t.ppf((1 + level) / 2, n - 1)) * s / math.sqrt(n), n
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    mean, half = student_t(xs, level)
+    return mean, half, len(xs)
 
 
 def load_run(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -148,8 +143,9 @@ class Grid:
 def load_grid(path: str | Path) -> Grid:
     """Read ``bench_runs.jsonl`` of a grid directory (or the file itself).
 
-    A row appears once per run hash (the last one written wins: a resumed grid reruns a
-    failed run); a last line cut short by an interrupted write is skipped and noted in
+    A row appears once per run hash (the last ``ok`` row, else the last row, as
+    :meth:`lifelong.bench.rows.RowLog.latest`: a resumed grid reruns a failed run); the
+    file is only read, never repaired; a last line cut short by an interrupted write is skipped and noted in
     ``skipped_lines``; any other unreadable line is a :class:`ConfigError`. A grid
     without a single finished (``status: ok``) run is one too.
     """
@@ -175,8 +171,10 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{f}, line {i}: not a JSON object ({exc}); the grid file is "
                               "corrupted (rerun the grid, or delete that line)") from None
         key = row.get("hash") or f"line-{i}"
-        rows.pop(key, None)  # keep the order of the latest write
-        rows[key] = row
+        old = rows.get(key)
+        if old is None or row.get("status") == "ok" or old.get("status") != "ok":
+            rows.pop(key, None)  # the last ok row counts, else the last row (as the grid's own)
+            rows[key] = row
     kept = list(rows.values())
     if not any(r.get("status", "ok") == "ok" for r in kept):
         failed = [r for r in kept if r.get("status") == "failed"]
