@@ -160,6 +160,7 @@ def figure_accuracy_over_time(m: dict[str, Any]) -> Any:
     ax = fig.subplots()
     if preq:
         ax.plot([p[0] for p in preq], [p[1] for p in preq], color="tab:orange", lw=1.4,
+                marker="s" if len(preq) < 60 else None, ms=4,  # a single window stays visible
                 label="prequential (test-then-train, per window)")
     if anytime:
         ax.plot([p[0] for p in anytime], [p[1] for p in anytime], color="tab:blue", lw=1.8,
@@ -203,6 +204,10 @@ def figure_accuracy_vs_throughput(grid: Grid) -> Any:
             drawn.setdefault(c.label, h)
         if xs and max(xs) / max(min(xs), 1e-9) > 20:
             ax.set_xscale("log")
+        else:  # a wide interval is cut at the axis, not drawn into negative throughput
+            ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -0.02), min(hi, 1.02))  # accuracy lives in [0, 1]
         ax.set(xlabel="throughput (training samples / s)", ylabel="final average accuracy",
                title=f"stream {stream}")
         ax.grid(alpha=0.3)
@@ -244,7 +249,9 @@ def figure_accuracy_forgetting(grid: Grid) -> Any:
         ax.set(ylabel=f"{name} (fraction)", title=name)
         ax.grid(axis="y", alpha=0.3)
         ax.axhline(0, color="black", lw=0.6)
-    axes[0].set_ylim(0, 1.0)
+    axes[0].set_ylim(0, 1.05)
+    lo, hi = axes[1].get_ylim()
+    axes[1].set_ylim(max(lo, -1.05), min(hi, 1.05))  # forgetting lives in [-1, 1]
     fig.legend(loc="outside right center", frameon=False, fontsize=9, title="strategy")
     fig.suptitle("Final accuracy and forgetting (mean over seeds, bars: 95 % CI)")
     return fig
