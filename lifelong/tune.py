@@ -538,10 +538,9 @@ def tune(base: Mapping[str, Any], space: Sequence[Param], *, n_trials: int,
     final = {"on": final_on, "experiences": [first, last], "seeds": list(final_seeds),
              "runs": runs, "metric": metric, "mean": mean, "ci95": half, "n": len(ok)}
     summary = {
-        "tuning": f"seeds {', '.join(map(str, seeds))} on experiences 0-{tune_experiences - 1} "
-                  f"of {n}",
-        "reported": f"seeds {', '.join(map(str, final_seeds))} (never used in tuning) on "
-                    f"experiences {first}-{last} of {n}",
+        "tuning": f"{', '.join(map(str, seeds))} (experiences 0-{tune_experiences - 1} of {n})",
+        "reported": f"{', '.join(map(str, final_seeds))}, never used in tuning (experiences "
+                    f"{first}-{last} of {n})",
     }
     result = TuneResult(study_name, storage, dict(best.params), float(best.value), trials, final,
                         summary)
@@ -580,9 +579,11 @@ def render(result: TuneResult, console: Any) -> None:
     from rich.table import Table
 
     keys = sorted({k for t in result.trials for k in t["params"]})
+    last = [k.rsplit(".", 1)[-1] for k in keys]  # short headers where they stay unambiguous
+    heads = [s if last.count(s) == 1 else k for k, s in zip(keys, last)]
     t = Table(title=f"study {result.study_name!r}: {len(result.trials)} trials (value: mean over "
                     "the tuning seeds, tuned experiences only)")
-    for col in ("#", "state", "value", *keys, "error"):
+    for col in ("#", "state", "value", *heads, "error"):
         t.add_column(col)
     for row in result.trials:
         best = row["params"] == result.best_params and row["state"] == "COMPLETE"

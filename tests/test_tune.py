@@ -256,8 +256,8 @@ def test_cli_tune_end_to_end(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert "tuning seeds: seeds 0 on experiences 0-1 of 3" in out
-    assert "reported seeds: seeds 1, 2 (never used in tuning) on experiences 2-2 of 3" in out
+    assert "tuning seeds: 0 (experiences 0-1 of 3)" in out
+    assert "reported seeds: 1, 2, never used in tuning (experiences 2-2 of 3)" in out
     assert lines[-1].startswith("results:") or "study.db" in lines[-1]
     saved = json.loads((tmp_path / "o" / "tune.json").read_text())
     assert saved["n_trials"] == 3 and (tmp_path / "o" / "study.db").is_file()
