@@ -11,7 +11,14 @@ from torch import nn
 from lifelong.backbones import mlp
 from lifelong.errors import ConfigError
 from lifelong.learner import Learner
-from lifelong.plugins.distillation.crd import CRD, critic_scores, nce_loss
+from lifelong.plugins.distillation.crd import (
+    CRD,
+    bank_scores,
+    critic_scores,
+    momentum_update,
+    nce_loss,
+    same_input,
+)
 from lifelong.plugins.distillation.jacobian import JacobianMatching, input_gradient, jacobian_loss
 from lifelong.plugins.distillation.rkd import RKD, angles, normalized_distances, rkd_distance_loss
 from lifelong.plugins.distillation.vid import VID, VIDHead, vid_nll
@@ -93,6 +100,24 @@ def test_crd_critic_and_nce_by_hand():
     h = [math.exp(2) / z, 1 / z, math.exp(-2) / z]
     want = -math.log(h[0] / (h[0] + k / m)) - sum(math.log((k / m) / (q + k / m)) for q in h[1:])
     assert float(nce_loss(scores, z, m)) == pytest.approx(want, rel=1e-5)
+    # a negative left out (it holds the row's own input) drops its term; K and M stay
+    keep = torch.tensor([[1.0, 0.0]])
+    want = -math.log(h[0] / (h[0] + k / m)) - math.log((k / m) / (h[1] + k / m))
+    assert float(nce_loss(scores, z, m, keep)) == pytest.approx(want, rel=1e-5)
+
+
+def test_crd_bank_scores_same_input_and_momentum_by_hand():
+    g = torch.Generator().manual_seed(0)
+    a, p, bank = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), \
+        torch.randn(5, 4, generator=g)
+    idx = torch.randint(5, (3, 7), generator=g)          # K >= M: scored against the whole bank
+    assert torch.allclose(bank_scores(a, p, bank, idx, 0.5), critic_scores(a, p, bank[idx], 0.5))
+    keys = torch.tensor([2.5, -1.0], dtype=torch.float64)
+    bank_keys = torch.tensor([float("nan"), -1.0, 2.5, 2.5 + 1e-6], dtype=torch.float64)
+    assert same_input(keys, bank_keys).tolist() == [[False, False, True, False],
+                                                    [False, True, False, False]]
+    new = momentum_update(torch.tensor([[0.6, 0.8]]), torch.tensor([[1.0, 0.0]]), 0.5)
+    assert torch.allclose(new, torch.tensor([[0.8, 0.4]]) / math.sqrt(0.8)), new
 
 
 # ----------------------------------------------------------------------------- behaviour
@@ -160,7 +185,55 @@ def test_crd_aligns_the_embeddings_of_the_same_input(teacher):
     sim = vs @ vt.T
     rank = float((sim > sim.diag()[:, None]).sum(1).float().mean())
     assert rank < 30, rank
-    assert crd.ptr_ == 5 * 48 and crd.z_s_ is not None
+    assert crd.ptr_ == 48 and crd.z_s_ is not None      # 48 inputs, 5 epochs: written once each
+
+
+def test_crd_bank_holds_each_input_once_and_never_as_its_own_negative(teacher):
+    """The paper's bank: one slot per sample, updated with momentum; a sample is not its negative.
+
+    A ring that writes every row anew holds each of the 48 inputs 4 times after 4
+    epochs, and a row's own earlier embeddings are drawn as its negatives (with
+    K = 200 draws from M = 64 slots, about 3 times per row).
+    """
+    from lifelong.stream.base import Batch
+
+    spec, _ = teacher
+    stream = _stream()
+    x, y = torch.cat([e.x for e in stream.experiences()]), torch.cat([e.y for e in stream.experiences()])
+    torch.manual_seed(0)
+    crd = CRD(teacher=spec, n_negatives=200, memory_size=64)
+    learner = Learner(mlp(input_shape=stream.input_shape, num_classes=6, hidden=[32]),
+                      plugins=[crd], device="cpu", lr=0.05, batch_size=8, seed=0)
+    learner.begin(stream, evaluate=False)
+    learner.start_experience(None)
+    for _ in range(4):
+        for i in range(0, 48, 8):
+            learner.train_batch(Batch(x[i:i + 8], y[i:i + 8]))
+    filled = crd.memory_key_[~crd.memory_key_.isnan()]
+    assert crd.ptr_ == 48 and len(filled) == 48 and len(filled.unique()) == 48
+    perm = torch.randperm(48)
+    assert same_input(crd._keys(x[perm]), crd.memory_key_).sum(1).tolist() == [1] * 48
+
+    mem_s, mem_t, bank_keys = crd.memory_s_.clone(), crd.memory_t_.clone(), crd.memory_key_.clone()
+    g = torch.Generator().manual_seed(0)
+    g.set_state(crd._g.get_state())
+    step = learner.train_batch(Batch(x[perm[:8]], y[perm[:8]]))
+    v_s, v_t, keys = step.scratch["crd"]
+    idx = torch.randint(64, (8, 200), generator=g)
+    keep = (~same_input(keys, bank_keys[idx])).float()
+    assert int((keep == 0).sum()) > 8                     # own slots were drawn, and left out
+
+    def loss(k):
+        return crd.beta * (nce_loss(critic_scores(v_s, v_t, mem_t[idx], crd.nce_t), crd.z_s_, 64, k)
+                           + nce_loss(critic_scores(v_t, v_s, mem_s[idx], crd.nce_t), crd.z_t_, 64, k))
+
+    got = float(step.losses["crd"].detach())
+    assert got == pytest.approx(float(loss(keep)), rel=1e-4)
+    assert got != pytest.approx(float(loss(None)), rel=1e-3)
+    # the rows already in the bank were updated in place, with momentum
+    slot = same_input(keys, bank_keys).float().argmax(1)
+    assert torch.allclose(crd.memory_t_[slot], momentum_update(mem_t[slot], v_t, 0.5), atol=1e-6)
+    learner.end()
 
 
 # ----------------------------------------------------------------------------- errors
