@@ -189,11 +189,12 @@ def test_crd_aligns_the_embeddings_of_the_same_input(teacher):
 
 
 def test_crd_bank_holds_each_input_once_and_never_as_its_own_negative(teacher):
-    """The paper's bank: one slot per sample, updated with momentum; a sample is not its negative.
+    """The paper's bank: one slot per sample, updated with momentum; negatives of other classes.
 
     A ring that writes every row anew holds each of the 48 inputs 4 times after 4
     epochs, and a row's own earlier embeddings are drawn as its negatives (with
-    K = 200 draws from M = 64 slots, about 3 times per row).
+    K = 200 draws from M = 64 slots, about 3 times per row); the authors' code
+    draws negatives among the other classes' samples only.
     """
     from lifelong.stream.base import Batch
 
@@ -218,10 +219,12 @@ def test_crd_bank_holds_each_input_once_and_never_as_its_own_negative(teacher):
     g = torch.Generator().manual_seed(0)
     g.set_state(crd._g.get_state())
     step = learner.train_batch(Batch(x[perm[:8]], y[perm[:8]]))
-    v_s, v_t, keys = step.scratch["crd"]
+    v_s, v_t, keys, labels = step.scratch["crd"]
     idx = torch.randint(64, (8, 200), generator=g)
-    keep = (~same_input(keys, bank_keys[idx])).float()
-    assert int((keep == 0).sum()) > 8                     # own slots were drawn, and left out
+    own = same_input(keys, bank_keys[idx])
+    same_class = crd.memory_label_[idx] == labels[:, None]
+    assert int(own.sum()) > 8 and int((same_class & ~own).sum()) > 100
+    keep = (~(own | same_class)).float()      # the authors' negatives: the other classes' samples
 
     def loss(k):
         return crd.beta * (nce_loss(critic_scores(v_s, v_t, mem_t[idx], crd.nce_t), crd.z_s_, 64, k)
@@ -229,8 +232,10 @@ def test_crd_bank_holds_each_input_once_and_never_as_its_own_negative(teacher):
 
     got = float(step.losses["crd"].detach())
     assert got == pytest.approx(float(loss(keep)), rel=1e-4)
+    assert got != pytest.approx(float(loss((~own).float())), rel=1e-3)
     assert got != pytest.approx(float(loss(None)), rel=1e-3)
     # the rows already in the bank were updated in place, with momentum
+    assert crd.memory_label_[crd.memory_label_ >= 0].bincount().tolist() == [8] * 6
     slot = same_input(keys, bank_keys).float().argmax(1)
     assert torch.allclose(crd.memory_t_[slot], momentum_update(mem_t[slot], v_t, 0.5), atol=1e-6)
     learner.end()
@@ -244,6 +249,8 @@ def test_crd_bank_holds_each_input_once_and_never_as_its_own_negative(teacher):
     (lambda: VID(init_variance=0.0), r"plugin 'vid': init_variance"),
     (lambda: CRD(nce_t=0.0), r"plugin 'crd': nce_t must be"),
     (lambda: CRD(n_negatives=0), r"plugin 'crd': n_negatives"),
+    (lambda: CRD(negatives="same"), r"plugin 'crd': negatives must be"),
+    (lambda: CRD(momentum=1.0), r"plugin 'crd': momentum"),
 ])
 def test_bad_parameters_are_one_line_config_errors(make, match):
     with pytest.raises(ConfigError, match=match):

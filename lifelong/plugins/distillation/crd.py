@@ -26,9 +26,13 @@ initialised uniformly at random like the paper's), and negatives that hold
 the row's own input are left out of its NCE sum. On a dataset seen for
 several epochs this is the paper's bank; on a stream seen once, a ring of
 the most recent samples. Negatives are drawn uniformly from the whole bank
-with a private generator. The heads are the plugin's auxiliary module
-(``auxiliary_``); the bank, its fingerprints, ``Z`` and the generator are
-its state.
+with a private generator; with ``negatives="other_classes"`` (the default)
+those of the row's own class are left out as well, as the authors'
+implementation does (it draws the K negatives among the samples of the
+other classes; the label of each slot is kept with it; never-written slots
+count as other classes), ``negatives="all"`` keeps them (a label-free
+bank). The heads are the plugin's auxiliary module (``auxiliary_``); the
+bank, its fingerprints and labels, ``Z`` and the generator are its state.
 
 Tian, Krishnan & Isola, "Contrastive representation distillation", ICLR
 2020. Defaults: ``feat_dim=128``, ``n_negatives=16384`` (K), ``nce_t=0.07``
@@ -71,6 +75,7 @@ __all__ = ["CRD", "nce_loss", "critic_scores", "bank_scores", "same_input", "mom
 EPS = 1e-7
 #: fingerprints closer than this (relative) are the same input
 KEY_RTOL = 1e-9
+NEGATIVES = ("other_classes", "all")
 
 
 def critic_scores(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) -> Tensor:
@@ -149,10 +154,14 @@ class CRD(TeacherPlugin):
     def __init__(self, *, teacher: dict[str, Any] | None = None, student_layer: str = "body",
                  teacher_layer: str = "body", feat_dim: int = 128, n_negatives: int = 16384,
                  nce_t: float = 0.07, beta: float = 0.8, memory_size: int = 16384,
-                 momentum: float = 0.5, seed: int = 0) -> None:
+                 momentum: float = 0.5, negatives: str = "other_classes",
+                 seed: int = 0) -> None:
         check_weight("crd", "nce_t", nce_t, positive=True)
         check_weight("crd", "beta", beta)
         check_weight("crd", "momentum", momentum)
+        if negatives not in NEGATIVES:
+            raise ConfigError(f"plugin 'crd': negatives must be one of {NEGATIVES}, "
+                              f"got {negatives!r}")
         if momentum >= 1:
             raise ConfigError(f"plugin 'crd': momentum is the old embedding's share in a bank "
                               f"update, in [0, 1); got {momentum}")
@@ -169,11 +178,13 @@ class CRD(TeacherPlugin):
         self.beta = beta
         self.memory_size = memory_size
         self.momentum = momentum
+        self.negatives = negatives
         self.seed = seed
         self.auxiliary_: nn.ModuleDict | None = None
         self.memory_s_: Tensor | None = None
         self.memory_t_: Tensor | None = None
         self.memory_key_: Tensor | None = None
+        self.memory_label_: Tensor | None = None
         self.ptr_ = 0
         self.z_s_: float | None = None
         self.z_t_: float | None = None
@@ -210,6 +221,7 @@ class CRD(TeacherPlugin):
         self._proj = torch.randn(n_in, generator=g, dtype=torch.float64).to(dev)
         self.memory_key_ = torch.full((self.memory_size,), float("nan"), dtype=torch.float64,
                                       device=dev)
+        self.memory_label_ = torch.full((self.memory_size,), -1, dtype=torch.long, device=dev)
         self.ptr_ = 0
         self.z_s_ = self.z_t_ = None
         self._g = torch.Generator(device=dev).manual_seed(self.seed + 1)
@@ -226,7 +238,7 @@ class CRD(TeacherPlugin):
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor]:
         assert self.memory_s_ is not None and self.memory_t_ is not None
-        assert self.memory_key_ is not None
+        assert self.memory_key_ is not None and self.memory_label_ is not None
         x = forward_inputs(step)
         self.teacher_logits(x)
         v_s = self._embed("student", learner.features[self.student_layer])
@@ -235,7 +247,11 @@ class CRD(TeacherPlugin):
         keys = self._keys(x)
         idx = torch.randint(self.memory_size, (n, self.n_negatives), generator=self._g,
                             device=v_s.device)
-        keep = (~same_input(keys, self.memory_key_[idx])).to(v_s.dtype)
+        drop = same_input(keys, self.memory_key_[idx])
+        labels = torch.cat([step.batch.y, *[b.y for b in step.replays]])
+        if self.negatives == "other_classes":
+            drop = drop | (self.memory_label_[idx] == labels[:, None])
+        keep = (~drop).to(v_s.dtype)
         s_scores = bank_scores(v_s, v_t.detach(), self.memory_t_, idx, self.nce_t)
         t_scores = bank_scores(v_t, v_s.detach(), self.memory_s_, idx, self.nce_t)
         if self.z_s_ is None or self.z_t_ is None:   # estimated once, on the first batch
@@ -243,7 +259,7 @@ class CRD(TeacherPlugin):
             self.z_t_ = float(t_scores.detach().mean()) * self.memory_size
         loss = nce_loss(s_scores, self.z_s_, self.memory_size, keep) + \
             nce_loss(t_scores, self.z_t_, self.memory_size, keep)
-        step.scratch[self.name] = (v_s.detach(), v_t.detach(), keys)
+        step.scratch[self.name] = (v_s.detach(), v_t.detach(), keys, labels)
         return {"crd": self.beta * loss}
 
     @hookimpl
@@ -252,8 +268,8 @@ class CRD(TeacherPlugin):
         if pending is None:
             return
         assert self.memory_s_ is not None and self.memory_t_ is not None
-        assert self.memory_key_ is not None
-        v_s, v_t, keys = pending
+        assert self.memory_key_ is not None and self.memory_label_ is not None
+        v_s, v_t, keys, labels = pending
         match = same_input(keys, self.memory_key_)            # (n, M)
         seen = match.any(1)
         slot = match.to(torch.float32).argmax(1)
@@ -265,6 +281,7 @@ class CRD(TeacherPlugin):
         self.memory_s_[slots] = v_s[fresh]
         self.memory_t_[slots] = v_t[fresh]
         self.memory_key_[slots] = keys[fresh]
+        self.memory_label_[slots] = labels[fresh]
         self.ptr_ += len(fresh)
 
     @hookimpl
@@ -278,6 +295,7 @@ class CRD(TeacherPlugin):
                 "heads": {k: v.detach().clone() for k, v in self.auxiliary_.state_dict().items()},
                 "memory_s": self.memory_s_.clone(), "memory_t": self.memory_t_.clone(),
                 "memory_key": self.memory_key_.clone(),
+                "memory_label": self.memory_label_.clone(),
                 "ptr": self.ptr_, "z_s": self.z_s_, "z_t": self.z_t_,
                 "rng": self._g.get_state()}
 
@@ -289,6 +307,7 @@ class CRD(TeacherPlugin):
         self.memory_s_ = state["memory_s"].to(dev, copy=True)
         self.memory_t_ = state["memory_t"].to(dev, copy=True)
         self.memory_key_ = state["memory_key"].to(dev, copy=True)
+        self.memory_label_ = state["memory_label"].to(dev, copy=True)
         self.ptr_ = int(state["ptr"])
         self.z_s_, self.z_t_ = state["z_s"], state["z_t"]
         self._g.set_state(state["rng"].cpu())
