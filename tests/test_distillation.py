@@ -207,6 +207,8 @@ def test_bad_teachers_and_layers_fail_before_the_first_batch(tmp_path, mlp_teach
         (FitNet(teacher=spec, student_layer="body.9"), r"plugin 'fitnet': student_layer 'body.9'"),
         (FitNet(teacher=spec, teacher_layer="head.x"), r"plugin 'fitnet': teacher_layer"),
         (AT(teacher=cnn_teacher[0], layers=[["body.2", "body.5"]]), r"plugin 'at'.*same spatial"),
+        (AT(teacher=cnn_teacher[0], layers=[["body.2"]]),
+         r"plugin 'at': layers must be .* got \[\['body.2'\]\]"),
         (KD(), r"plugin 'kd': teacher: missing"),
     ]
     for plugin, match in cases:

@@ -91,7 +91,7 @@ class AT(TeacherPlugin):
                                                             ["body.5", "body.5"]]
         if not pairs or not all(isinstance(q, (list, tuple)) and len(q) == 2 for q in pairs):
             raise ConfigError("plugin 'at': layers must be a non-empty list of "
-                              "[student_layer, teacher_layer] pairs, got {pairs!r}")
+                              f"[student_layer, teacher_layer] pairs, got {pairs!r}")
         return [(str(s), str(t)) for s, t in pairs]
 
     @hookimpl
