@@ -1,6 +1,6 @@
 """A 24-run `lifelong bench` grid in-process, on `--workers 2` and on a local Ray instance.
 
-The grid: ER, DER, DER++ and A-GEM x buffer 50 and 100 x seeds 0, 1, 2 on
+The grid: ER, DER, DER++ and A-GEM x buffer 200 and 500 x seeds 0, 1, 2 on
 split_digits (scikit-learn's digits, 5 experiences of 2 classes, shipped),
 an MLP 64-100-10, batch 10, SGD 0.1, one pass. Each backend runs the whole
 grid into a fresh --out through `lifelong.cli.main`; the wall time includes
@@ -43,7 +43,7 @@ config:
   eval: {prequential: true}
 strategies: [er, der, derpp, agem]
 seeds: [0, 1, 2]
-axes: {strategy.mem_size: [50, 100]}
+axes: {strategy.mem_size: [200, 500]}
 """
 SAME = ("final_avg_accuracy", "avg_forgetting", "bwt", "fwt", "prequential_accuracy",
         "accuracy_matrix", "samples_seen")

@@ -105,6 +105,8 @@ def test_grid_file_gives_the_same_cells_as_the_flags(tmp_path):
     (["--set", "train.lr=[0.1,-1]"], "train.lr"),
     (["--strategies", "naive,ewc+nope"], "unknown plugin 'nope'"),
     (["--strategies", "naive,naive"], "names one twice"),
+    (["--strategies", "naive,derpp", "--set", "strategy.mem_size=[50,500]"],
+     "grid cell derpp on blobs (strategy.mem_size=50), seed 0: plugin 'derpp': the replay batch"),
 ])
 def test_a_bad_grid_is_one_error_before_any_run(tmp_path, capsys, monkeypatch, argv, msg):
     import lifelong.run as run_mod

@@ -160,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"finished there are skipped{f'; {again} failed run(s) run again' if again else ''}",
               flush=True)
     failures: list[str] = []
+    finished = [0]
 
     def done(cell: Cell, outcome: Outcome, running: int) -> None:
         run_dir = None
@@ -177,15 +178,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if log is not None:
             log.append(row)
         rows[cell.hash] = row
+        finished[0] += 1
         if outcome.status == "failed":
             failures.append(f"{cell.describe()}: {outcome.error}"[:400])
         view.finish(cell, outcome, running)
 
     live = console.is_terminal and not args.quiet
-    with _View(console, len(todo), live=live) as view:
-        run_cells(todo, backend=backend, workers=workers,
-                  ray_address=getattr(args, "ray_address", None), on_done=done,
-                  on_start=lambda _c, n: view.start(n))
+    try:
+        with _View(console, len(todo), live=live) as view:
+            run_cells(todo, backend=backend, workers=workers,
+                      ray_address=getattr(args, "ray_address", None), on_done=done,
+                      on_start=lambda _c, n: view.start(n))
+    except KeyboardInterrupt:
+        if log is not None:
+            print(f"interrupted after {finished[0]} of {len(todo)} runs; their rows are in "
+                  f"{log.jsonl}; run the same command again to resume", file=sys.stderr)
+        raise
     summary = summarize(cells, rows)
     seeds = sorted({c.seed for c in cells})
     table = render(summary, title=f"benchmark: {len(cells)} runs, {len(seeds)} seed(s); "

@@ -333,6 +333,7 @@ def expand(spec: GridSpec, *, registry: Any = None, notes: list[str] | None = No
     fixed = [*spec.sets, *((k, v[0]) for k, v in spec.axes.items() if len(v) == 1)]
     varying = {k: v for k, v in spec.axes.items() if len(v) > 1}
     cells: list[Cell] = []
+    checked: set[str] = set()
     for strat_label, strategy, _ in strategies:
         skip = [k for k in [*varying, *(k for k, _ in fixed)] if not _takes(strategy, k, reg)]
         if skip and notes is not None:
@@ -363,6 +364,10 @@ def expand(spec: GridSpec, *, registry: Any = None, notes: list[str] | None = No
                         hint = (" (a --set or axes: list is an axis of values; write [[...]] "
                                 "for one list value)") if axes else ""
                         raise type(exc)(f"grid cell {what.describe()}: {exc}{hint}") from None
+                    try:
+                        _check_plugins(cfg, reg, checked)
+                    except ConfigError as exc:
+                        raise type(exc)(f"grid cell {what.describe()}: {exc}") from None
                     what.config = cfg
                     what.hash = config_hash(cfg)
                     cells.append(what)
@@ -374,6 +379,28 @@ def expand(spec: GridSpec, *, registry: Any = None, notes: list[str] | None = No
                               "run, e.g. a parameter of a strategy the cell does not use?)")
         seen[c.hash] = c
     return cells
+
+
+def _check_plugins(cfg: dict[str, Any], reg: Any, checked: set[str]) -> None:
+    """Construct the cell's strategy preset and plugins (no data, no model), once per distinct set.
+
+    Plugins check their own parameters when constructed (a replay batch larger than
+    the buffer, say): this brings those errors before the first run of the grid.
+    """
+    key = _canon([cfg["strategy"], cfg["plugins"]])
+    if key in checked:
+        return
+    from lifelong.run import make_plugin
+
+    specs: list[dict[str, Any]] = []
+    if cfg["strategy"] is not None:
+        sp = {k: v for k, v in cfg["strategy"].items() if k != "name"}
+        specs.extend(reg.get("strategy", cfg["strategy"]["name"]).factory(**sp).plugins)
+    specs.extend(cfg["plugins"])
+    for spec in specs:
+        make_plugin(spec["name"], {k: v for k, v in spec.items() if k != "name"},
+                    seed=cfg["seed"], registry=reg)
+    checked.add(key)
 
 
 def _base_label(base: dict[str, Any]) -> str:
