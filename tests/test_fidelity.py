@@ -107,7 +107,7 @@ def test_ewc_keeps_one_penalty_per_experience(monkeypatch):
     """Kills ewc-latest-only and ewc-no-half: lambda/2 * sum_t F_t (theta - theta*_t)^2."""
     plugin = EWC(ewc_lambda=2.0)
     learner = _two_consolidations(plugin, [3.0, 1.0], monkeypatch)
-    got = float(plugin.loss_terms(learner, None)["ewc"])
+    got = float(plugin.loss_terms(learner, None)["ewc"].detach())
     assert got == pytest.approx(0.5 * 2.0 * (3.0 * (2 - 1) ** 2 + 1.0 * (2 - 4) ** 2))  # 7
     # latest only: 4; without the 1/2: 14
 
