@@ -107,7 +107,7 @@ def si_penalty(params: Mapping[str, Tensor], anchors: Mapping[str, Tensor],
 
     >>> p = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
     >>> v = si_penalty(p, {"w": torch.zeros(2)}, {"w": torch.tensor([1.0, 0.5])})
-    >>> v.backward(); float(v), p["w"].grad.tolist()
+    >>> v.backward(); float(v.detach()), p["w"].grad.tolist()
     (3.0, [2.0, 2.0])
     """
     names = [n for n in weights if n in params]
