@@ -364,18 +364,16 @@ def check_seeds(seeds: Sequence[int], final_seeds: Sequence[int]) -> None:
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (0 for one value).
+    """Mean and the half-width of its Student-t confidence interval (0 for one value): the
+    grid summary's :func:`lifelong.bench.summary.mean_ci`, with 0 where it has no interval.
 
     >>> m, h = mean_ci([0.8, 0.9, 1.0]); round(m, 3), round(h, 3)
     (0.9, 0.248)
     """
-    from scipy import stats
+    from lifelong.bench.summary import mean_ci as student_t
 
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, 0.0
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return m, float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
+    m, half = student_t(values, level)
+    return m, 0.0 if half is None else half
 
 
 def _metric(m: Mapping[str, Any], metric: str) -> float:
