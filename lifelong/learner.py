@@ -320,6 +320,8 @@ class Learner:
         if not isinstance(compile, bool):
             raise ConfigError(f"train.compile must be true or false, got {compile!r}")
         self.compile = compile
+        self._named_params: tuple[tuple[str, nn.Parameter], ...] | None = None
+        self._named_of: nn.Module | None = None  # the model _named_params were read from
         self._compiled: Any = None  # lifelong.compiled.CompiledForward, built on first use
         self.pm = pluggy.PluginManager("lifelong")
         self.pm.add_hookspecs(hookspecs)
@@ -427,7 +429,23 @@ class Learner:
                 out.append(ps)
         return out
 
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The model's parameters that require grad, by name, for plugins' per-step work.
+
+        Cached: every change of the model (an expansion, a grown head, a resumed
+        growth) goes through the optimizer's rebuild, which clears the cache, and
+        a parameter frozen since (``requires_grad_(False)``) drops out at the
+        next call, and so does a model assigned to ``learner.model`` directly.
+        Walking the modules at every step costs more than a small model's arithmetic.
+        """
+        named = self._named_params
+        if named is None or self._named_of is not self.model:
+            named = self._named_params = tuple(self.model.named_parameters())
+            self._named_of = self.model
+        return {n: p for n, p in named if p.requires_grad}
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        self._named_params = None  # the model may have changed: trainable_parameters re-walks it
         mult = self.lr_multipliers()
         groups: dict[float, list[nn.Parameter]] = {}
         for n, p in self.model.named_parameters():

@@ -164,6 +164,33 @@ def test_si_path_integral_excludes_its_own_penalty():
     assert float(plugin._grad["weight"]) == pytest.approx(6.0)
 
 
+
+def test_si_path_integral_excludes_the_gradient_its_penalty_gave_autograd():
+    """Kills si-surrogate-sign-batched: a real step (penalty forward and backward, then
+    before_update) leaves the task gradient alone in SI's path-integral gradient,
+    for a weight and a bias, with the loss scaled so the backward's upstream gradient is not 1."""
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.bias.fill_(-1.0)
+    learner, stream = _fake(model)
+    plugin = SI(c=0.5)
+    plugin.before_training(learner, stream)
+    plugin.importance_ = {"weight": torch.tensor([[2.0]]), "bias": torch.tensor([4.0])}
+    plugin.anchor_["weight"].fill_(1.0)
+    plugin.anchor_["bias"].fill_(0.0)
+    plugin.n_consolidations_ = 1
+    x = torch.tensor([[2.0]])
+    task = model(x).sum() * 3.0                       # d/dw = 6, d/db = 3
+    penalty = plugin.loss_terms(learner, None)["si"]  # 0.5 * (2 * 2^2 + 4 * 1^2) = 6
+    assert float(penalty.detach()) == pytest.approx(6.0)
+    (0.5 * (task + penalty)).backward()                # upstream gradient 0.5 on both terms
+    assert float(model.weight.grad) == pytest.approx(0.5 * (6.0 + 2 * 0.5 * 2 * 2))
+    plugin.before_update(learner, None)
+    assert float(plugin._grad["weight"]) == pytest.approx(3.0)
+    assert float(plugin._grad["bias"]) == pytest.approx(1.5)
+
+
 # ---------------------------------------------------------------------------- LwF
 def test_lwf_term_uses_temperature_and_lambda():
     """Kills lwf-temperature-ignored, lwf-lambda-ignored, lwf-kl-reversed."""

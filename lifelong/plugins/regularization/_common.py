@@ -114,6 +114,13 @@ def trainable(model: nn.Module) -> dict[str, Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def parameters_of(learner: Any) -> dict[str, Tensor]:
+    """:func:`trainable` of ``learner.model``, from the learner's cache when it has one
+    (:meth:`lifelong.Learner.trainable_parameters`): for work done at every step."""
+    cached = getattr(learner, "trainable_parameters", None)
+    return cached() if cached is not None else trainable(learner.model)
+
+
 def functional(model: nn.Module) -> tuple[dict[str, Tensor], SampleFn]:
     """``(params, f)`` where ``f(params, x, task)`` is the model's output row for ONE sample.
 

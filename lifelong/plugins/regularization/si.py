@@ -13,10 +13,13 @@ the parameters become the new anchor. Training then pays
 
 ``p.grad`` is read in ``before_update`` (first, before any plugin that owns
 the gradient stage rewrites it; read only) and SI's own surrogate gradient
-``2 c Omega (theta - anchor)`` is subtracted analytically, so no second
-backward pass is needed. Other plugins' loss terms stay in ``g``. State is
-a fixed set of per-parameter tensors (omega, Omega, anchor, previous
-parameters): nothing grows with the number of consolidations.
+is subtracted: the penalty forms ``2 c Omega (theta - anchor)`` in its
+forward and records what its backward handed autograd, so no second
+backward pass is needed and the subtraction is exact whatever weight the
+loss gives the term. Other plugins' loss terms stay in ``g``. The per-step
+arithmetic is batched over the parameter tensors (``torch._foreach_*``).
+State is a fixed set of per-parameter tensors (omega, Omega, anchor,
+previous parameters): nothing grows with the number of consolidations.
 
 Zenke, Poole & Ganguli, "Continual learning through synaptic intelligence",
 ICML 2017. Defaults: ``c=0.1``, ``xi=0.1`` (the paper's permuted-MNIST values;
@@ -41,7 +44,7 @@ from torch import Tensor, nn
 
 from lifelong.errors import ConfigError
 from lifelong.hookspecs import hookimpl
-from lifelong.plugins.regularization._common import fit_to, grow_to, trainable
+from lifelong.plugins.regularization._common import fit_to, grow_to, parameters_of, trainable
 from lifelong.validation import check_number
 
 __all__ = ["SI", "path_integral_step_", "si_importance", "si_penalty"]
@@ -66,44 +69,57 @@ def si_importance(importance: Tensor, omega: Tensor, delta: Tensor, xi: float) -
 
 
 class _Penalty(torch.autograd.Function):
-    """``sum_i w_i (theta_i - a_i)^2`` with its gradient ``2 w (theta - a)`` written out.
+    """``1/2 sum_i s_i (theta_i - a_i)^2``, its gradient ``s (theta - a)`` formed in the forward.
 
-    The same value and gradient as autograd through
-    :func:`~lifelong.plugins.regularization._common.quadratic_penalty`,
-    in fewer passes over the parameters: the forward keeps ``w (theta - a)``,
-    which the backward scales and SI's ``before_update`` reuses. A parameter
-    grown by an expansion plugin is penalized on its leading block.
+    With slopes ``s = 2 w`` this is ``sum_i w_i (theta_i - a_i)^2``, the same
+    value and gradient as autograd through
+    :func:`~lifelong.plugins.regularization._common.quadratic_penalty`, in
+    fewer passes over the parameters: the forward computes the gradient
+    itself (one subtraction, one product, per parameter tensor, batched with
+    ``torch._foreach``), the backward only scales it (not at all for an
+    upstream gradient of exactly 1 on the CPU, the usual case), and ``keep``
+    receives, per name, the gradient the backward handed to autograd, which
+    SI's ``before_update`` subtracts from ``p.grad``. A parameter grown by an
+    expansion plugin is penalized on its leading block.
     """
 
     @staticmethod
-    def forward(ctx: Any, anchors: list[Tensor], weights: list[Tensor], names: list[str],
+    def forward(ctx: Any, anchors: list[Tensor], slopes: list[Tensor], names: list[str],
                 keep: dict[str, Tensor], *params: Tensor) -> Tensor:
-        total = params[0].new_zeros(())
-        wds = []
-        for name, p, a, w in zip(names, params, anchors, weights):
-            diff = fit_to(p, w.shape, name) - a
-            wd = w * diff
-            total += torch.dot(wd.reshape(-1), diff.reshape(-1))
-            keep[name] = wd
-            wds.append(wd)
-        ctx.wds = wds
-        ctx.shapes = [p.shape for p in params]
+        grown = not all(p.shape == s.shape for p, s in zip(params, slopes))
+        if grown:  # a grown parameter: its leading block
+            diffs = [fit_to(p, s.shape, n) - a for n, p, a, s in zip(names, params, anchors, slopes)]
+        else:
+            diffs = torch._foreach_sub(list(params), anchors)
+        grads = torch._foreach_mul(diffs, slopes)
+        total = torch.stack([torch.dot(g.view(-1), d.view(-1))
+                             for g, d in zip(grads, diffs)]).sum().mul_(0.5)
+        keep.update(zip(names, grads))
+        ctx.grads, ctx.names, ctx.keep = grads, names, keep
+        ctx.shapes = [p.shape for p in params] if grown else None
         return total
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        grads = []
-        for wd, shape in zip(ctx.wds, ctx.shapes):
-            grad = wd * (2.0 * g)
-            if grad.shape != shape:  # a grown parameter: zero beyond the penalized block
-                grad = grow_to(grad, shape)
-            grads.append(grad)
+        grads = ctx.grads
+        if not (g.device.type == "cpu" and float(g) == 1.0):  # the scalar read syncs nothing on CPU
+            grads = torch._foreach_mul(grads, g)
+        ctx.keep.update(zip(ctx.names, grads))  # what autograd adds to p.grad
+        if ctx.shapes is not None:  # zero beyond a grown block
+            grads = [grow_to(t, shape) for t, shape in zip(grads, ctx.shapes)]
         return (None, None, None, None, *grads)
 
 
 def si_penalty(params: Mapping[str, Tensor], anchors: Mapping[str, Tensor],
-               weights: Mapping[str, Tensor], keep: dict[str, Tensor] | None = None) -> Tensor:
-    """``quadratic_penalty`` (same value and gradient), keeping ``w (theta - a)`` per name.
+               weights: Mapping[str, Tensor], keep: dict[str, Tensor] | None = None, *,
+               slopes: Mapping[str, Tensor] | None = None) -> Tensor:
+    """``quadratic_penalty`` (same value and gradient) with the gradient written out.
+
+    ``keep`` (optional) receives, per name, the gradient this term adds to
+    ``p.grad`` in the backward (``2 w (theta - a)`` times the upstream
+    gradient). ``slopes``, if given, are ``2 w`` precomputed (``weights`` then
+    only names the parameters): the plugin keeps them from one
+    consolidation to the next.
 
     >>> p = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
     >>> v = si_penalty(p, {"w": torch.zeros(2)}, {"w": torch.tensor([1.0, 0.5])})
@@ -113,7 +129,8 @@ def si_penalty(params: Mapping[str, Tensor], anchors: Mapping[str, Tensor],
     names = [n for n in weights if n in params]
     if not names:
         return torch.zeros(())
-    return _Penalty.apply([anchors[n] for n in names], [weights[n] for n in names], names,
+    s = [slopes[n] for n in names] if slopes is not None else [2.0 * weights[n] for n in names]
+    return _Penalty.apply([anchors[n] for n in names], s, names,
                           {} if keep is None else keep, *[params[n] for n in names])
 
 
@@ -142,8 +159,9 @@ class SI:
         self.anchor_: dict[str, Tensor] = {}      # parameters at the last consolidation
         self.prev_: dict[str, Tensor] = {}        # parameters before the current update
         self.n_consolidations_ = 0
-        self._grad: dict[str, Tensor] = {}
-        self._wd: dict[str, Tensor] = {}    # Omega (theta - anchor) from this step's penalty
+        self._slopes: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (Omega, 2 c Omega)
+        self._grad: dict[str, Tensor] = {}    # this step's task gradient (before_update)
+        self._keep: dict[str, Tensor] = {}    # the gradient this step's penalty gave autograd
         self._params: dict[str, Tensor] | None = None  # this step's parameters (before_update)
         self._device: torch.device | None = None
 
@@ -156,48 +174,59 @@ class SI:
     @hookimpl
     def before_training(self, learner: Any, stream: Any) -> None:
         self._device = learner.device
-        self._sync(learner.model)
+        self._sync(parameters_of(learner))
 
     @hookimpl
     def loss_terms(self, learner: Any, step: Any) -> dict[str, Tensor] | None:
         if not self.n_consolidations_:
             return None
-        params = dict(learner.model.named_parameters())
-        self._wd = {}  # w (theta - anchor) of this step, for before_update
-        return {"si": self.c * si_penalty(params, self.anchor_, self.importance_, self._wd)}
+        self._keep = {}  # filled by the penalty: what it adds to p.grad, for before_update
+        return {"si": si_penalty(parameters_of(learner), self.anchor_, self.importance_,
+                                 self._keep, slopes=self._current_slopes())}
 
     @hookimpl(tryfirst=True)
     def before_update(self, learner: Any, step: Any) -> None:
-        params = self._sync(learner.model)
+        """Read the task gradient: ``p.grad`` less SI's own surrogate gradient."""
+        params = self._sync(parameters_of(learner))
         self._params = params
-        wds, self._wd = self._wd, {}
-        for name, p in params.items():
-            buf = self._grad[name]
-            if p.grad is None:
-                buf.zero_()
-                continue
-            w = self.importance_.get(name) if self.n_consolidations_ else None
-            if w is None:
-                buf.copy_(p.grad)
-                continue
-            # remove SI's own surrogate gradient, 2 c Omega (theta - anchor), from p.grad
-            wd = wds.get(name)
-            if wd is None or wd.shape != w.shape:  # not from this step's penalty (or grown since)
-                wd = w * (fit_to(p.detach(), w.shape, name) - self.anchor_[name])
-            if buf.shape == w.shape:
-                torch.add(p.grad, wd, alpha=-2.0 * self.c, out=buf)
-            else:
-                buf.copy_(p.grad)
-                fit_to(buf, w.shape, name).add_(wd, alpha=-2.0 * self.c)
+        keep, self._keep = self._keep, {}
+        names = list(params)
+        grads = [params[n].grad for n in names]
+        if all(g is not None for g in grads):
+            if not self.n_consolidations_:
+                self._grad = dict(zip(names, torch._foreach_mul(grads, 1.0)))  # copies
+                return
+            given = [keep.get(n) for n in names]
+            if all(t is not None and t.shape == g.shape for t, g in zip(given, grads)):
+                self._grad = dict(zip(names, torch._foreach_sub(grads, given)))
+                return
+        self._grad = {n: self._task_gradient(n, params[n], keep.get(n)) for n in names}
+
+    def _task_gradient(self, name: str, p: Tensor, given: Tensor | None) -> Tensor:
+        """``p.grad`` less the surrogate's gradient on (the leading block of) ``p``; zeros when
+        ``p`` got no gradient. ``given``: what this step's penalty handed autograd, if known."""
+        if p.grad is None:
+            return torch.zeros_like(p)
+        out = p.grad.clone()
+        slope = self._current_slopes().get(name) if self.n_consolidations_ else None
+        if slope is None:
+            return out
+        if given is None or given.shape != slope.shape:  # not from this step's penalty (or grown since)
+            given = slope * (fit_to(p.detach(), slope.shape, name) - self.anchor_[name])
+        fit_to(out, slope.shape, name).sub_(given)
+        return out
 
     @hookimpl
     def after_update(self, learner: Any, step: Any) -> None:
-        params, self._params = self._params or trainable(learner.model), None
-        with torch.no_grad():
-            for name, p in params.items():
-                prev = self.prev_[name]
-                path_integral_step_(self.omega_[name], self._grad[name], p - prev)
-                prev.copy_(p)
+        params, self._params = self._params or self._sync(parameters_of(learner)), None
+        names = list(params)
+        with torch.no_grad():  # omega -= g * (theta - prev), batched over the tensors
+            ps = [params[n].detach() for n in names]
+            prev = [self.prev_[n] for n in names]
+            torch._foreach_sub_(prev, ps)  # prev - theta: minus this update's step
+            torch._foreach_addcmul_([self.omega_[n] for n in names], [self._grad[n] for n in names],
+                                    prev)
+            torch._foreach_copy_(prev, ps)
         if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
             self.consolidate(learner.model)
 
@@ -206,9 +235,8 @@ class SI:
         self.consolidate(learner.model)
 
     # ------------------------------------------------------------------ state
-    def _sync(self, model: nn.Module) -> dict[str, Tensor]:
-        """Per-parameter buffers matching the model (allocated, or grown after an expansion)."""
-        params = trainable(model)
+    def _sync(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-parameter buffers matching ``params`` (allocated, or grown after an expansion)."""
         for name, p in params.items():
             if name in self.prev_ and self.prev_[name].shape == p.shape:
                 continue
@@ -218,13 +246,12 @@ class SI:
             if name in self.importance_:
                 self.importance_[name] = grow_to(self.importance_[name], d.shape)
             self.prev_[name] = d.clone()
-            self._grad[name] = torch.zeros_like(d)
         return params
 
     def consolidate(self, model: nn.Module) -> None:
         """Turn the path integral into importance; the current parameters become the anchor."""
         with torch.no_grad():
-            for name, p in self._sync(model).items():
+            for name, p in self._sync(trainable(model)).items():
                 theta = p.detach()
                 imp = self.importance_.get(name, torch.zeros_like(theta))
                 self.importance_[name] = si_importance(imp, self.omega_[name],
@@ -232,6 +259,17 @@ class SI:
                 self.anchor_[name].copy_(theta)
                 self.omega_[name].zero_()
         self.n_consolidations_ += 1
+
+    def _current_slopes(self) -> dict[str, Tensor]:
+        """``2 c Omega`` per parameter (the penalty's gradient per unit of distance), formed
+        once per importance tensor: again only after a consolidation, a growth or a load."""
+        out = {}
+        for n, w in self.importance_.items():
+            cached = self._slopes.get(n)
+            if cached is None or cached[0] is not w:
+                cached = self._slopes[n] = (w, (2.0 * self.c) * w)
+            out[n] = cached[1]
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         def copy(d: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -251,7 +289,7 @@ class SI:
                                                              "prev"))
         n = state_number(state, "n_consolidations", owner=self.name, min=0, integer=True)
         self.omega_, self.importance_, self.anchor_, self.prev_ = omega, importance, anchor, prev
-        self._grad = {k: torch.zeros_like(v) for k, v in self.prev_.items()}
+        self._grad, self._keep, self._slopes = {}, {}, {}
         self.n_consolidations_ = n
 
 
