@@ -826,8 +826,11 @@ class Learner:
         loss = hooks.combine_losses(self, step, losses) if hooks.has["combine_losses"] else None
         if loss is None:
             loss = ce
-            if len(losses) > 1:
-                loss = sum(losses.values())  # type: ignore[assignment]
+            if len(losses) > 1:  # the terms in order, without sum()'s leading 0 + (one node less)
+                terms = iter(losses.values())
+                loss = next(terms)
+                for v in terms:
+                    loss = loss + v
         step.loss = loss
         if self._loss_ok(loss):  # a non-finite loss never reaches backward or the plugins
             loss.backward(retain_graph=self._retain_graph)

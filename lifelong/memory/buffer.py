@@ -275,22 +275,40 @@ class Buffer:
         Payload columns travel with their samples; every call must give the
         same columns (a column's shape and dtype are fixed by the first call).
         """
-        cols = {"x": x, "y": y, **({} if task is None else {"task": task}), **payload}
-        n = y.shape[0]
+        dst = self._write(x, y, task, payload)
+        if isinstance(dst, int):  # filling: n consecutive slots from dst
+            return torch.arange(dst, dst + y.shape[0], device=self.device)
+        return torch.where(dst == self.capacity, -1, dst)
+
+    def insert(self, x: Tensor, y: Tensor, task: Tensor | None = None, **payload: Tensor) -> None:
+        """:meth:`add` without the slot report: the per-step insert of replay plugins."""
+        self._write(x, y, task, payload)
+
+    def _check_columns(self, cols: dict[str, Tensor], n: int) -> None:
         for name, v in cols.items():
             if v.shape[:1] != (n,):
                 raise DataError(f"buffer column {name!r} has {tuple(v.shape)[:1]} rows for a batch "
                                 f"of {n} samples")
         if not self.columns:
-            self.columns = {k: torch.zeros((self.capacity + 1, *v.shape[1:]), dtype=v.dtype,
-                                           device=self.device) for k, v in cols.items()}
-        elif cols.keys() != self.columns.keys():
+            return
+        if cols.keys() != self.columns.keys():
             raise DataError(f"buffer columns are {sorted(self.columns)}, this batch gives "
                             f"{sorted(cols)}; give the same columns at every insert")
         for name, v in cols.items():
             if v.shape[1:] != self.columns[name].shape[1:]:
                 raise DataError(f"buffer column {name!r} holds samples of shape "
                                 f"{tuple(self.columns[name].shape[1:])}, got {tuple(v.shape[1:])}")
+
+    def _write(self, x: Tensor, y: Tensor, task: Tensor | None,
+               payload: dict[str, Tensor]) -> Tensor | int:
+        """Store a batch; the written slots (``capacity``: not stored) or, while a reservoir
+        fills, the first of the consecutive slots taken."""
+        cols = {"x": x, "y": y, **({} if task is None else {"task": task}), **payload}
+        n = y.shape[0]
+        self._check_columns(cols, n)
+        if not self.columns:
+            self.columns = {k: torch.zeros((self.capacity + 1, *v.shape[1:]), dtype=v.dtype,
+                                           device=self.device) for k, v in cols.items()}
         dev = self.device
         sel = self.selection
         if type(sel) is Reservoir and sel.seen + n <= self.capacity:
@@ -298,7 +316,7 @@ class Buffer:
             start = sel.fill(self, n)
             for name, v in cols.items():
                 self.columns[name][start:start + n].copy_(v.detach())
-            return torch.arange(start, start + n, device=dev)
+            return start
         if type(sel) is Reservoir and sel.seen >= self.capacity:  # full: slot or the trash row
             dst = _later_wins(sel.replace(self, n), self.capacity)
         else:
@@ -307,7 +325,7 @@ class Buffer:
         for name, v in cols.items():
             col = self.columns[name]
             col.index_copy_(0, dst, v.detach().to(device=dev, dtype=col.dtype))
-        return torch.where(dst == self.capacity, -1, dst)
+        return dst
 
     def _move(self, src: Tensor, dst: Tensor) -> None:
         """Copy rows ``src`` to rows ``dst`` in every column (selections re-laying out memory)."""

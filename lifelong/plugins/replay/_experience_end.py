@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lifelong.errors import DataError
 from lifelong.memory import Buffer, ClassBalanced, ExperienceBalanced, Reservoir
 
 __all__ = ["ExperienceEndMemory", "refuse_end_memory"]
@@ -61,7 +62,15 @@ class ExperienceEndMemory:
 
     def add(self, x: Tensor, y: Tensor, task: Tensor | None) -> None:
         """A stream batch of the current experience (it is not replayed before its end)."""
-        self.pending.add(x, y, task)
+        self.pending.insert(x, y, task)
+
+    def insert(self, x: Tensor, y: Tensor, task: Tensor | None, **payload: Tensor) -> None:
+        """:meth:`add` under the name replay plugins call at every step (no payload columns:
+        they are formed when the experience closes)."""
+        if payload:
+            raise DataError(f"the experience-end memory stores no per-sample columns at insert, "
+                            f"got {sorted(payload)}")
+        self.add(x, y, task)
 
     def close(self, logits_of: Callable[[Tensor, Tensor | None], Tensor] | None = None) -> None:
         """The experience ended: its pending samples join the memory (with fresh logits)."""

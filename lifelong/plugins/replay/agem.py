@@ -100,7 +100,7 @@ class AGEM:
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
-        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task,
+        self.buffer_.insert(step.batch.x, step.batch.y, step.batch.task,
                          **target_columns(step.batch, self._tasks))
 
     def state_dict(self) -> dict[str, Any]:

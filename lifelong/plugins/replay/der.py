@@ -147,7 +147,7 @@ class DER:
             self.buffer_.add(b.x, b.y, b.task, **target_columns(b, self._tasks),
                              **output_columns(step.outputs, self._tasks, step.n_stream))
             return
-        self.buffer_.add(b.x, b.y, b.task, logits=step.stream_logits.detach())
+        self.buffer_.insert(b.x, b.y, b.task, logits=step.stream_logits.detach())
 
     @hookimpl
     def after_experience(self, learner: Learner, experience: Any) -> None:

@@ -145,7 +145,7 @@ class ER:
     @hookimpl
     def after_update(self, learner: Learner, step: Step) -> None:
         assert self.buffer_ is not None
-        self.buffer_.add(step.batch.x, step.batch.y, step.batch.task,
+        self.buffer_.insert(step.batch.x, step.batch.y, step.batch.task,
                          **target_columns(step.batch, self._tasks))
 
     @hookimpl
