@@ -35,7 +35,8 @@ from torch import Tensor
 from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, buffer_state, check_sizes, load_buffer_state
 from lifelong.memory.buffer import check_fits
-from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.plugins.regularization._common import parameters_of
+from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad
 from lifelong.plugins.replay._targets import (
     replay_losses,
     replay_targets,
@@ -86,7 +87,7 @@ class AGEM:
         if not len(self.buffer_):
             return
         mem = self.buffer_.sample(self.batch_size)
-        params = trainable(learner.model)
+        params = list(parameters_of(learner).values())
         g = flat_grad(params)
         if getattr(learner, "tasks", ()):  # multi-target: the sum of every task's loss on the memory batch
             targets, present = replay_targets(mem.extras)
@@ -95,6 +96,8 @@ class AGEM:
             g_ref = flat_grad_of(ref, params)
         else:
             g_ref = flat_grad_of(F.cross_entropy(learner.forward(mem.x, mem.task), mem.y), params)
+        if g.device.type == "cpu" and not float(g @ g_ref) < 0:
+            return  # no conflict: the update stands (on CPU the check is a memory read, no sync)
         set_flat_grad(params, agem_project(g, g_ref))
 
     @hookimpl

@@ -54,7 +54,8 @@ from lifelong.hookspecs import hookimpl
 from lifelong.memory import Buffer, Episodic, buffer_state, check_sizes, load_buffer_state
 from lifelong.memory.buffer import check_fits
 from lifelong.per_sample import grouped_grads
-from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad, trainable
+from lifelong.plugins.regularization._common import parameters_of
+from lifelong.plugins.replay._gradients import flat_grad, flat_grad_of, set_flat_grad
 from lifelong.plugins.replay._targets import (
     grouped_task_losses,
     replay_losses,
@@ -146,7 +147,7 @@ class GEM:
     def before_update(self, learner: Learner, step: Step) -> None:
         buf = self.buffer_
         assert buf is not None and isinstance(buf.selection, Episodic)
-        params = trainable(learner.model)
+        params = list(parameters_of(learner).values())
         mems = [buf.gather(s) for s in (buf.selection.slots_of(buf, k) for k in range(self.task_))
                 if len(s)]
         if not mems:
