@@ -148,11 +148,17 @@ def run_side(python: str, script: Path, strategy: str, seed: int, data: Path,
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "load": load}
 
 
-def floor_ratios(strategies: list[str]) -> dict[str, float]:
-    """lifelong / bare CPU time from benchmarks/floor.py for the strategies with a bare loop."""
+def floor_ratios(strategies: list[str], saved: str | None = None) -> dict[str, float]:
+    """lifelong / bare CPU time from benchmarks/floor.py for the strategies with a bare loop
+    (``saved``: a file holding a floor.py output, whose last JSON line is read instead)."""
     methods = sorted({FLOOR[s] for s in strategies if s in FLOOR})
     if not methods:
         return {}
+    if saved is not None:
+        lines = [ln for ln in Path(saved).read_text().splitlines() if ln.startswith("{")]
+        got = json.loads(lines[-1])
+        return {s: got[FLOOR[s]]["over_bare"] for s in strategies
+                if s in FLOOR and isinstance(got.get(FLOOR[s]), dict)}
     out = subprocess.run([sys.executable, str(HERE / "floor.py"), "--methods", ",".join(methods),
                           "--no-thread-check"], capture_output=True, text=True, timeout=3600,
                          env={**os.environ, "PYTHONPATH": str(HERE.parent), **ONE_THREAD})
@@ -171,6 +177,8 @@ def main() -> int:
     ap.add_argument("--avalanche-threads", type=int, default=1,
                     help="torch threads of the Avalanche side (default 1, as lifelong's auto)")
     ap.add_argument("--no-floor", action="store_true", help="skip floor.py (over_bare: null)")
+    ap.add_argument("--floor-json", help="read over_bare from this saved floor.py output instead "
+                                         "of running floor.py")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -198,7 +206,7 @@ def main() -> int:
                 for lib, python, script in order:
                     th = args.avalanche_threads if lib == "avalanche" else None
                     res[s][lib].append(run_side(python, script, s, seed, data, th))
-    bare = {} if args.no_floor else floor_ratios(strategies)
+    bare = {} if args.no_floor else floor_ratios(strategies, args.floor_json)
     print(f"{'strategy':<18}{'lifelong sps/cpu-s':>19}{'avalanche sps/cpu-s':>20}{'speedup':>9}"
           f"{'wall speedup':>13}{'over bare':>10}{'acc lifelong':>14}{'acc avalanche':>15}"
           f"{'threads':>8}{'load':>6}")

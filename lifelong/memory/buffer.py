@@ -349,10 +349,15 @@ class Buffer:
         :param generator: a private generator of the caller's; the buffer's own if ``None``.
         :param context: passed to the retrieval (``learner``, ``step`` for model-aware rules).
         """
+        return self.gather(self.draw(n, generator, **context))
+
+    def draw(self, n: int, generator: torch.Generator | None = None, **context: Any) -> Tensor:
+        """The slots :meth:`sample` would gather (the same draws), for a caller that joins
+        several draws into one gather."""
         if not self.columns:
             raise DataError("the buffer is empty: add samples before sampling from it")
         gen = generator if generator is not None else self.generator
-        return self.gather(self.retrieval(self, n, gen, **context))
+        return self.retrieval(self, n, gen, **context)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

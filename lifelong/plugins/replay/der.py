@@ -186,12 +186,9 @@ class DERpp(DER):
         assert self.buffer_ is not None
         if not len(self.buffer_):
             return None
-        first, second = self.buffer_.sample(self.batch_size), self.buffer_.sample(self.batch_size)
-        assert first.extras is not None and second.extras is not None
-        return Batch(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]),
-                     None if first.task is None or second.task is None
-                     else torch.cat([first.task, second.task]),
-                     {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()})
+        # two independent draws (logits term, label term), gathered at once
+        return self.buffer_.gather(torch.cat([self.buffer_.draw(self.batch_size),
+                                              self.buffer_.draw(self.batch_size)]))
 
     @hookimpl
     def loss_terms(self, learner: Learner, step: Step) -> dict[str, Tensor] | None:
