@@ -236,7 +236,7 @@ def _gem_with_rows(rows, g, monkeypatch, **kw):
                            torch.full((2,), k))
     plugin.task_ = 2
     calls = {}
-    monkeypatch.setattr(GEM, "_task_gradients", staticmethod(lambda lr, mems, p: torch.stack(rows)))
+    monkeypatch.setattr(GEM, "_task_gradients", staticmethod(lambda lr, mem, sizes, p: torch.stack(rows)))
     monkeypatch.setattr(gem_mod, "flat_grad", lambda params: g)
     monkeypatch.setattr(gem_mod, "set_flat_grad", lambda params, v: calls.setdefault("set", v))
     real = gem_mod.gem_project

@@ -271,3 +271,24 @@ def test_a_saved_buffer_is_never_dropped_on_load():
     state = trained.state_dict()
     with pytest.raises(CheckpointError, match="'er'.*before the run was assembled"):
         ER().load_state_dict(state)
+
+
+def test_gem_past_memories_equal_the_per_task_gathers_as_a_view_or_a_copy():
+    """GEM reads its past tasks' memories as one view of the buffer when they are one run of
+    slots (the usual layout), and gathers them when the tasks arrived out of order."""
+    from lifelong.plugins.replay.gem import GEM
+
+    for order in ([0, 1, 2], [1, 0, 2]):
+        buf = Buffer(12, selection=Episodic(), seed=0)
+        for k in order:
+            x = torch.randn(5, 3)
+            buf.add(x, torch.arange(5), torch.full((5,), k))
+        plugin = GEM(mem_size=12)
+        plugin.buffer_, plugin.task_ = buf, 2
+        mem, sizes = plugin._past_memories(buf)
+        want = [buf.gather(buf.selection.slots_of(buf, k)) for k in range(2)]
+        assert sizes == [len(w) for w in want]
+        torch.testing.assert_close(mem.x, torch.cat([w.x for w in want]))
+        torch.testing.assert_close(mem.task, torch.cat([w.task for w in want]))
+        shares = mem.x.untyped_storage().data_ptr() == buf.columns["x"].untyped_storage().data_ptr()
+        assert shares == (order == [0, 1, 2])

@@ -144,7 +144,9 @@ def test_gem_task_gradients_match_the_per_task_backward():
     mems = [Batch(torch.randn(n, *stream.input_shape), torch.randint(0, 6, (n,)),
                   torch.full((n,), k)) for k, n in enumerate([4, 7])]
     params = trainable(learner.model)
-    got = GEM._task_gradients(learner, mems, params)
+    joined = Batch(torch.cat([m.x for m in mems]), torch.cat([m.y for m in mems]),
+                   torch.cat([m.task for m in mems]))
+    got = GEM._task_gradients(learner, joined, [len(m) for m in mems], params)
     want = torch.stack([flat_grad_of(torch.nn.functional.cross_entropy(
         learner.forward(m.x, m.task), m.y), params) for m in mems])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

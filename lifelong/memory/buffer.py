@@ -343,6 +343,16 @@ class Buffer:
         task = self.columns["task"][slots] if "task" in self.columns else None
         return Batch(self.columns["x"][slots], self.columns["y"][slots], task, extras or None)
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Slots ``start .. stop - 1`` as a :class:`Batch` of views (no copy): read them before
+        the buffer's next insert, never write to them."""
+        if not self.columns:
+            raise DataError("the buffer is empty: add samples before reading from it")
+        extras = {k: v[start:stop] for k, v in self.columns.items() if k not in ("x", "y", "task")}
+        task = self.columns["task"][start:stop] if "task" in self.columns else None
+        return Batch(self.columns["x"][start:stop], self.columns["y"][start:stop], task,
+                     extras or None)
+
     def sample(self, n: int, generator: torch.Generator | None = None, **context: Any) -> Batch:
         """``min(n, len(self))`` samples chosen by the retrieval (random by default).
 

@@ -166,14 +166,19 @@ class _Partitioned:
         p = torch.searchsorted(end, rank, right=True)
         return off[p] + rank - (end - f)[p]
 
-    def slots_of(self, buffer: Buffer, key: int) -> Tensor:
-        """The filled slots of one key (class or task), oldest layout position first."""
+    def span_of(self, buffer: Buffer, key: int) -> tuple[int, int]:
+        """``(start, stop)``: the filled slots of one key are ``start .. stop - 1``
+        (``(0, 0)`` for a key never seen)."""
         if key not in self.keys:
-            return torch.zeros(0, dtype=torch.long, device=buffer.device)
+            return 0, 0
         p = self.keys.index(key)
         _, offsets = self._layout(buffer.capacity, len(self.keys))
-        return torch.arange(offsets[p], offsets[p] + self._filled(buffer.capacity)[p],
-                            device=buffer.device)
+        return offsets[p], offsets[p] + self._filled(buffer.capacity)[p]
+
+    def slots_of(self, buffer: Buffer, key: int) -> Tensor:
+        """The filled slots of one key (class or task), oldest layout position first."""
+        start, stop = self.span_of(buffer, key)
+        return torch.arange(start, stop, device=buffer.device)
 
     def _add_keys(self, buffer: Buffer, new: list[int]) -> None:
         """Register new keys; shrink the existing parts (moving rows) if the layout changes."""

@@ -148,12 +148,11 @@ class GEM:
         buf = self.buffer_
         assert buf is not None and isinstance(buf.selection, Episodic)
         params = list(parameters_of(learner).values())
-        mems = [buf.gather(s) for s in (buf.selection.slots_of(buf, k) for k in range(self.task_))
-                if len(s)]
-        if not mems:
+        past = self._past_memories(buf)
+        if past is None:
             return
-        G = (self._task_gradients(learner, mems, params) if not getattr(learner, "tasks", ())
-             else self._multitask_gradients(learner, mems, params))
+        G = (self._task_gradients(learner, *past, params) if not getattr(learner, "tasks", ())
+             else self._multitask_gradients(learner, *past, params))
         g = flat_grad(params)
         Gg = G @ g
         # one host sync for both checks; a non-finite loss is the learner's nan_policy's
@@ -161,37 +160,59 @@ class GEM:
         if finite and violated:
             set_flat_grad(params, gem_project(g, G, self.memory_strength, self.eps, Gg=Gg))
 
+    def _past_memories(self, buf: Buffer) -> tuple[Batch, list[int]] | None:
+        """Every past task's memory as one batch (task by task), and each task's size.
+
+        The episodic memory keeps each task in a contiguous run of slots, the
+        tasks in order, so the past tasks are usually one run: the batch is then
+        a view of the buffer, not a copy of up to ``mem_size`` samples per step.
+        """
+        sel = buf.selection
+        assert isinstance(sel, Episodic)
+        spans = [sp for sp in (sel.span_of(buf, k) for k in range(self.task_)) if sp[1] > sp[0]]
+        if not spans:
+            return None
+        sizes = [b - a for a, b in spans]
+        if all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1)):
+            return buf.rows(spans[0][0], spans[-1][1]), sizes
+        return buf.gather(torch.cat([torch.arange(a, b, device=buf.device) for a, b in spans])), sizes
+
     @staticmethod
-    def _task_gradients(learner: Learner, mems: list[Batch], params: list[Any]) -> Tensor:
+    def _split(mem: Batch, sizes: list[int]) -> list[Batch]:
+        """``mem`` cut back into its tasks' memories."""
+        out, start = [], 0
+        for n in sizes:
+            sl = slice(start, start + n)
+            out.append(Batch(mem.x[sl], mem.y[sl], None if mem.task is None else mem.task[sl],
+                             None if mem.extras is None else {k: v[sl] for k, v in mem.extras.items()}))
+            start += n
+        return out
+
+    @staticmethod
+    def _task_gradients(learner: Learner, mem: Batch, sizes: list[int], params: list[Any]) -> Tensor:
         """Each past task's memory-loss gradient, one per row (one backward for all if possible)."""
-        sizes = [len(m) for m in mems]
-        x = torch.cat([m.x for m in mems])
-        y = torch.cat([m.y for m in mems])
-        task = torch.cat([m.task for m in mems]) if mems[0].task is not None else None
+        x, y, task = mem.x, mem.y, mem.task
         weight = torch.cat([torch.full((n,), 1.0 / n, device=x.device) for n in sizes])
         G = grouped_grads(learner.model, lambda: learner.forward(x, task),
                           lambda out: F.cross_entropy(out, y, reduction="none") * weight, sizes)
         if G is not None:
             return G
         return torch.stack([flat_grad_of(F.cross_entropy(learner.forward(m.x, m.task), m.y), params)
-                            for m in mems])
+                            for m in GEM._split(mem, sizes)])
 
     @staticmethod
-    def _multitask_gradients(learner: Learner, mems: list[Batch], params: list[Any]) -> Tensor:
+    def _multitask_gradients(learner: Learner, mem: Batch, sizes: list[int],
+                             params: list[Any]) -> Tensor:
         """Multi-target streams: each past task's memory gradient of the sum of every task's
         loss on that memory (one backward for all if possible)."""
-        sizes = [len(m) for m in mems]
-        x = torch.cat([m.x for m in mems])
-        task = torch.cat([m.task for m in mems]) if mems[0].task is not None else None
-        extras = {k: torch.cat([m.extras[k] for m in mems]) for k in (mems[0].extras or {})}
-        targets, present = replay_targets(extras)
-        G = grouped_grads(learner.model, lambda: learner.forward(x, task),
+        targets, present = replay_targets(mem.extras)
+        G = grouped_grads(learner.model, lambda: learner.forward(mem.x, mem.task),
                           lambda out: grouped_task_losses(out, targets, present, learner.tasks,
                                                           sizes), sizes)
         if G is not None:
             return G
         rows = []
-        for m in mems:
+        for m in GEM._split(mem, sizes):
             tg, has = replay_targets(m.extras)
             loss = sum(replay_losses(learner.forward(m.x, m.task), tg, has, learner.tasks).values())
             rows.append(flat_grad_of(loss, params))
