@@ -181,14 +181,16 @@ def test_si_path_integral_excludes_the_gradient_its_penalty_gave_autograd():
     plugin.anchor_["bias"].fill_(0.0)
     plugin.n_consolidations_ = 1
     x = torch.tensor([[2.0]])
-    task = model(x).sum() * 3.0                       # d/dw = 6, d/db = 3
-    penalty = plugin.loss_terms(learner, None)["si"]  # 0.5 * (2 * 2^2 + 4 * 1^2) = 6
-    assert float(penalty.detach()) == pytest.approx(6.0)
-    (0.5 * (task + penalty)).backward()                # upstream gradient 0.5 on both terms
-    assert float(model.weight.grad) == pytest.approx(0.5 * (6.0 + 2 * 0.5 * 2 * 2))
-    plugin.before_update(learner, None)
-    assert float(plugin._grad["weight"]) == pytest.approx(3.0)
-    assert float(plugin._grad["bias"]) == pytest.approx(1.5)
+    for _ in range(2):  # the first step allocates SI's gradient buffers, the second reuses them
+        model.zero_grad(set_to_none=True)
+        task = model(x).sum() * 3.0                       # d/dw = 6, d/db = 3
+        penalty = plugin.loss_terms(learner, None)["si"]  # 0.5 * (2 * 2^2 + 4 * 1^2) = 6
+        assert float(penalty.detach()) == pytest.approx(6.0)
+        (0.5 * (task + penalty)).backward()                # upstream gradient 0.5 on both terms
+        assert float(model.weight.grad) == pytest.approx(0.5 * (6.0 + 2 * 0.5 * 2 * 2))
+        plugin.before_update(learner, None)
+        assert float(plugin._grad["weight"]) == pytest.approx(3.0)
+        assert float(plugin._grad["bias"]) == pytest.approx(1.5)
 
 
 # ---------------------------------------------------------------------------- LwF

@@ -192,13 +192,15 @@ class SI:
         keep, self._keep = self._keep, {}
         names = list(params)
         grads = [params[n].grad for n in names]
-        if all(g is not None for g in grads):
-            if not self.n_consolidations_:
-                self._grad = dict(zip(names, torch._foreach_mul(grads, 1.0)))  # copies
-                return
-            given = [keep.get(n) for n in names]
-            if all(t is not None and t.shape == g.shape for t, g in zip(given, grads)):
-                self._grad = dict(zip(names, torch._foreach_sub(grads, given)))
+        bufs = [self._grad.get(n) for n in names]
+        if all(g is not None and b is not None and b.shape == g.shape and b.dtype == g.dtype
+               for g, b in zip(grads, bufs)):  # into last step's buffers: no allocation
+            given = [keep.get(n) for n in names] if self.n_consolidations_ else []
+            if not self.n_consolidations_ or all(t is not None and t.shape == g.shape
+                                                 for t, g in zip(given, grads)):
+                torch._foreach_copy_(bufs, grads)
+                if given:
+                    torch._foreach_sub_(bufs, given)
                 return
         self._grad = {n: self._task_gradient(n, params[n], keep.get(n)) for n in names}
 
