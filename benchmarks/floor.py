@@ -32,6 +32,10 @@ time (``time.process_time``): with one thread it is the work done, and it
 stays comparable when other programs load the machine, which wall time does
 not (the table records the load average).
 
+The ``A/A`` row runs the bare naive loop a second time in each repeat and
+reports it against the first through both estimators (``noise_aa``):
+ratios within that distance of 1 are the machine's noise, not the library.
+
 Also the thread check: the quickstart run (ER, 200, on the same stream) with
 the thread count ``auto`` chooses, with 1 thread, and with torch's default
 (every core).
@@ -241,10 +245,12 @@ def main() -> None:
         bare(m, stream, 0)
         with_lifelong(m, stream, 0)
     times: dict[str, dict[str, list[float]]] = {m: {"bare": [], "lifelong": []} for m in methods}
+    same: list[float] = []  # the naive bare loop run twice: how far identical work drifts here
     for _ in range(args.repeats):
         for m in methods:
             times[m]["bare"].append(bare(m, stream, 0))
             times[m]["lifelong"].append(with_lifelong(m, stream, 0))
+        same.append(bare("naive", stream, 0))
     load = os.getloadavg()[0]
     print(f"{'method':<8}{'bare cpu s':>11}{'lifelong cpu s':>15}{'samples/s':>11}{'over bare':>11}"
           f"{'paired':>9}")
@@ -257,6 +263,11 @@ def main() -> None:
         print(f"{m:<8}{b:>11.3f}{ll:>15.3f}{n / ll:>11,.0f}{floor_ratio:>11.3f}{paired:>9.3f}")
         result[m] = {"over_bare": round(floor_ratio, 3), "over_bare_paired": round(paired, 3),
                      "samples_per_second": round(n / ll, 1)}
+    if "naive" in times:  # A/A: the same bare loop against itself, through both estimators
+        aa = min(same) / min(times["naive"]["bare"])
+        aa_paired = statistics.median(y / x for x, y in zip(times["naive"]["bare"], same))
+        print(f"{'A/A':<8}{min(same):>11.3f}{'(bare naive, again)':>26}{aa:>11.3f}{aa_paired:>9.3f}")
+        result["noise_aa"] = {"over_bare": round(aa, 3), "over_bare_paired": round(aa_paired, 3)}
     print(f"{args.repeats} interleaved repeats, median CPU seconds; over bare: fastest lifelong run "
           f"over fastest bare run; paired: the median of the repeats' lifelong/bare ratios; torch "
           f"threads {torch.get_num_threads()} ({why}); load average {load:.2f} on "
