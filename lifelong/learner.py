@@ -433,9 +433,10 @@ class Learner:
         """The model's parameters that require grad, by name, for plugins' per-step work.
 
         Cached: every change of the model (an expansion, a grown head, a resumed
-        growth) goes through the optimizer's rebuild, which clears the cache, and
-        a parameter frozen since (``requires_grad_(False)``) drops out at the
-        next call, and so does a model assigned to ``learner.model`` directly.
+        growth) goes through the optimizer's rebuild, which clears the cache, as
+        do experience boundaries (where plugins rebuild layers in place); a
+        parameter frozen since (``requires_grad_(False)``) drops out at the next
+        call, and so does a model assigned to ``learner.model`` directly.
         Walking the modules at every step costs more than a small model's arithmetic.
         """
         named = self._named_params
@@ -717,6 +718,7 @@ class Learner:
 
     def start_experience(self, experience: Experience | None) -> None:
         self.model.train()
+        self._named_params = None  # boundary hooks may rebuild layers in place (DEN's compaction)
         self.hooks.before_experience(self, experience)
         new = self.hooks.expand_model(self, experience)
         if new is not None:
@@ -777,6 +779,7 @@ class Learner:
 
     def end_experience(self, experience: Experience | None) -> None:
         self.hooks.after_experience(self, experience)
+        self._named_params = None
 
     def train_batch(self, batch: Batch, experience: Experience | None = None) -> Step:
         """One training step on ``batch`` (CPU or device tensors)."""

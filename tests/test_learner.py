@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -387,3 +389,22 @@ def test_bad_parameter_groups_are_config_errors(groups):
     model = mlp(input_shape=(1, 4, 4), num_classes=2, hidden=[3])
     with pytest.raises(ConfigError):
         Learner(model, plugins=[_Groups(groups)], device="cpu")
+
+
+def test_trainable_parameters_follow_the_model_through_freezing_surgery_and_growth():
+    """The learner's cached parameter map never hands a plugin a stale parameter."""
+    stream = tiny_stream()
+    learner = make_learner([], stream)
+    first = learner.trainable_parameters()
+    assert list(first) == [n for n, _ in learner.model.named_parameters()]
+    name, p = next(iter(first.items()))
+    p.requires_grad_(False)  # frozen: drops out at once
+    assert name not in learner.trainable_parameters()
+    p.requires_grad_(True)
+    layer = next(m for m in learner.model.modules() if isinstance(m, torch.nn.Linear))
+    layer.weight = torch.nn.Parameter(layer.weight.detach().clone())  # surgery in place
+    learner.end_experience(None)  # a boundary: the cache is read again
+    assert any(q is layer.weight for q in learner.trainable_parameters().values())
+    learner.model = copy.deepcopy(learner.model)  # a new model assigned directly
+    assert all(any(q is r for r in learner.model.parameters())
+               for q in learner.trainable_parameters().values())
