@@ -83,15 +83,15 @@ def replay_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
     >>> float(replay_losses(out, tg, has, [TaskSpec("r", "regression", 1)])["r"])
     1.0
     """
-    losses: dict[str, Tensor] = {}
-    for t in tasks:
-        o, y = outputs[t.name], targets[t.name]
-        if t.kind == "classification":
-            per = F.cross_entropy(o, y, reduction="none")
-        else:
-            per = (o.reshape(y.shape) - y).square().reshape(len(y), -1).mean(1)
-        losses[t.name] = _masked_mean(per, present[t.name])
-    return losses
+    return {t.name: _masked_mean(_row_losses(t, outputs[t.name], targets[t.name]), present[t.name])
+            for t in tasks}
+
+
+def _row_losses(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
+    """One task's loss per row: cross-entropy, or the squared error averaged over outputs."""
+    if task.kind == "classification":
+        return F.cross_entropy(output, target, reduction="none")
+    return (output.reshape(target.shape) - target).square().reshape(len(target), -1).mean(1)
 
 
 def target_payload_floats(tasks: Sequence[TaskSpec]) -> int:
@@ -115,11 +115,7 @@ def grouped_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Ten
                                     torch.as_tensor(list(sizes), device=dev))
     total: Tensor | None = None
     for t in tasks:
-        o, y = outputs[t.name], targets[t.name]
-        if t.kind == "classification":
-            per = F.cross_entropy(o, y, reduction="none")
-        else:
-            per = (o.reshape(y.shape) - y).square().reshape(len(y), -1).mean(1)
+        per = _row_losses(t, outputs[t.name], targets[t.name])
         w = present[t.name].to(per.dtype)
         counts = torch.zeros(len(sizes), dtype=per.dtype, device=dev).index_add_(0, group, w)
         term = per * w / counts.clamp_min(1.0)[group]
