@@ -195,8 +195,13 @@ def execute(run: Run, *, progress: Callable[[int], None] | None = None) -> dict[
     return collect_metrics(run)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file renamed over ``path``; on failure remove it and raise."""
+_RESUME_FIX = ("free space or choose another --out (the run's checkpoint, if any, is intact: "
+               "resume it to write the results again)")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], *, fix: str = _RESUME_FIX) -> None:
+    """Write through a temporary file renamed over ``path``; on failure remove it and raise
+    one error naming ``path``, the cause and ``fix``."""
     from lifelong.errors import CheckpointError
 
     tmp = path.with_name(f".{path.name}.tmp")
@@ -205,9 +210,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; free space or "
-                              "choose another --out (the run's checkpoint, if any, is intact: "
-                              "resume it to write the results again)") from exc
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; {fix}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

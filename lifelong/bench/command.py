@@ -203,14 +203,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     need = Measurement.get(console, console.options.update_width(1000), table).maximum
     console.width = max(console.width, need)  # no cell is cut
     console.print(table)
+    return finish(out, "bench.json", summary, failures, len(todo))
+
+
+def finish(out: Path | None, name: str, payload: Any, failures: list[str], total: int) -> int:
+    """Write ``payload`` as ``out/name`` (atomically; nothing without ``out``), report the
+    failed runs; the exit status (2 when any of the ``total`` runs failed)."""
     if out is not None:
-        tmp = out / ".bench.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        tmp.replace(out / "bench.json")
+        from lifelong.run import _atomic_write
+
+        text = json.dumps(payload, indent=2, default=str)
+        _atomic_write(out / name, lambda tmp: tmp.write_text(text),
+                      fix="free space or choose another --out")
     if failures:
         for f in failures:
             print(f"failed: {f}", file=sys.stderr)
-        print(f"error: {len(failures)} of {len(todo)} runs failed (their rows say which); the "
+        print(f"error: {len(failures)} of {total} runs failed (their rows say which); the "
               "others finished", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0

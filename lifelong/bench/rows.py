@@ -155,12 +155,15 @@ class RowLog:
         self._rebuild_csv()
 
     def _rebuild_csv(self) -> None:
-        tmp = self.csv.with_name(f".{self.csv.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            fh.write(",".join(ROW_KEYS) + "\n")
-            for row in self.rows:
-                fh.write(_csv_line(row))
-        os.replace(tmp, self.csv)
+        from lifelong.run import _atomic_write
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as fh:
+                fh.write(",".join(ROW_KEYS) + "\n")
+                for row in self.rows:
+                    fh.write(_csv_line(row))
+
+        _atomic_write(self.csv, write, fix="free space or choose another --out")
 
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=str) + "\n"

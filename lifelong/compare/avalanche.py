@@ -456,7 +456,7 @@ def bench_against(args: Any) -> int:
     """
     from rich.table import Table
 
-    from lifelong.bench.command import EXIT_USER_ERROR, _backend
+    from lifelong.bench.command import _backend, finish
     from lifelong.bench.grid import expand, grid_from_args
     from lifelong.cli import _console, check_out_dir
 
@@ -550,14 +550,4 @@ def bench_against(args: Any) -> int:
             console.print(f"{r['strategy']}: no Avalanche counterpart: {r['avalanche']}")
         for note in r["notes"]:
             console.print(f"{r['strategy']}: {note}")
-    if out is not None:
-        tmp = out / ".bench_avalanche.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=2, default=str))
-        tmp.replace(out / "bench_avalanche.json")
-    if failures:
-        for f in failures:
-            print(f"failed: {f}", file=sys.stderr)
-        print(f"error: {len(failures)} of {len(cells)} runs failed (their rows say which); the "
-              "others finished", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return finish(out, "bench_avalanche.json", rows, failures, len(cells))
