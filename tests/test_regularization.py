@@ -146,8 +146,13 @@ def test_vectorized_per_sample_gradients_equal_a_looped_reference():
 def test_si_path_integral_and_consolidation_on_a_hand_example():
     omega = torch.zeros(3)
     # two updates: (g, delta) = (2, -0.1) then (1, -0.3) in the first coordinate, ...
-    path_integral_step_(omega, torch.tensor([2.0, 1.0, -1.0]), torch.tensor([-0.1, 0.2, 0.0]))
-    path_integral_step_(omega, torch.tensor([1.0, 0.5, 3.0]), torch.tensor([-0.3, 0.0, 0.1]))
+    theta = torch.zeros(3)
+    prev = theta.clone()
+    for g, delta in ((torch.tensor([2.0, 1.0, -1.0]), torch.tensor([-0.1, 0.2, 0.0])),
+                     (torch.tensor([1.0, 0.5, 3.0]), torch.tensor([-0.3, 0.0, 0.1]))):
+        theta = theta + delta
+        path_integral_step_(omega, g, prev, theta)
+        torch.testing.assert_close(prev, theta)  # the next step starts from here
     torch.testing.assert_close(omega, torch.tensor([0.5, -0.2, -0.3]))
     travelled = torch.tensor([-0.4, 0.2, 0.1])
     imp = si_importance(torch.zeros(3), omega, travelled, xi=0.1)

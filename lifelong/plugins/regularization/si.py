@@ -50,13 +50,23 @@ from lifelong.validation import check_number
 __all__ = ["SI", "path_integral_step_", "si_importance", "si_penalty"]
 
 
-def path_integral_step_(omega: Tensor, grad: Tensor, delta: Tensor) -> Tensor:
-    """``omega -= grad * delta`` in place (one step of the path integral); returns ``omega``.
+def path_integral_step_(omega: Tensor | list[Tensor], grad: Tensor | list[Tensor],
+                        prev: Tensor | list[Tensor], theta: Tensor | list[Tensor]
+                        ) -> Tensor | list[Tensor]:
+    """One step of the path integral in place: ``omega -= grad * (theta - prev)``, then
+    ``prev := theta``; returns ``omega``. Tensors, or equal-length lists of tensors (one per
+    parameter, batched with ``torch._foreach_*``; nothing is allocated).
 
-    >>> path_integral_step_(torch.zeros(2), torch.tensor([1.0, -2.0]), torch.tensor([-0.1, 0.1]))
+    >>> path_integral_step_(torch.zeros(2), torch.tensor([1.0, -2.0]), torch.zeros(2),
+    ...                     torch.tensor([-0.1, 0.1]))
     tensor([0.1000, 0.2000])
     """
-    return omega.addcmul_(grad, delta, value=-1.0)
+    one = isinstance(omega, Tensor)
+    om, g, pv, th = ([t] for t in (omega, grad, prev, theta)) if one else (omega, grad, prev, theta)
+    torch._foreach_sub_(pv, th)  # prev - theta: minus this update's step
+    torch._foreach_addcmul_(om, g, pv)
+    torch._foreach_copy_(pv, th)
+    return omega
 
 
 def si_importance(importance: Tensor, omega: Tensor, delta: Tensor, xi: float) -> Tensor:
@@ -222,13 +232,9 @@ class SI:
     def after_update(self, learner: Any, step: Any) -> None:
         params, self._params = self._params or self._sync(parameters_of(learner)), None
         names = list(params)
-        with torch.no_grad():  # omega -= g * (theta - prev), batched over the tensors
-            ps = [params[n].detach() for n in names]
-            prev = [self.prev_[n] for n in names]
-            torch._foreach_sub_(prev, ps)  # prev - theta: minus this update's step
-            torch._foreach_addcmul_([self.omega_[n] for n in names], [self._grad[n] for n in names],
-                                    prev)
-            torch._foreach_copy_(prev, ps)
+        with torch.no_grad():
+            path_integral_step_([self.omega_[n] for n in names], [self._grad[n] for n in names],
+                                [self.prev_[n] for n in names], [params[n].detach() for n in names])
         if self.consolidate_every and (step.index + 1) % self.consolidate_every == 0:
             self.consolidate(learner.model)
 
