@@ -337,8 +337,9 @@ class Buffer:
         """Slot index of every stored sample."""
         return self.selection.slot_of_rank(self, torch.arange(len(self), device=self.device))
 
-    def gather(self, slots: Tensor) -> Batch:
-        """The samples in ``slots`` as a :class:`Batch` (payload columns in ``extras``)."""
+    def gather(self, slots: Tensor | slice) -> Batch:
+        """The samples in ``slots`` as a :class:`Batch` (payload columns in ``extras``); a
+        ``slice`` gives views of the columns, an index tensor copies."""
         extras = {k: v[slots] for k, v in self.columns.items() if k not in ("x", "y", "task")}
         task = self.columns["task"][slots] if "task" in self.columns else None
         return Batch(self.columns["x"][slots], self.columns["y"][slots], task, extras or None)
@@ -348,10 +349,7 @@ class Buffer:
         the buffer's next insert, never write to them."""
         if not self.columns:
             raise DataError("the buffer is empty: add samples before reading from it")
-        extras = {k: v[start:stop] for k, v in self.columns.items() if k not in ("x", "y", "task")}
-        task = self.columns["task"][start:stop] if "task" in self.columns else None
-        return Batch(self.columns["x"][start:stop], self.columns["y"][start:stop], task,
-                     extras or None)
+        return self.gather(slice(start, stop))
 
     def sample(self, n: int, generator: torch.Generator | None = None, **context: Any) -> Batch:
         """``min(n, len(self))`` samples chosen by the retrieval (random by default).
