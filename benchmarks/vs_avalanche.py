@@ -155,19 +155,19 @@ def floor_ratios(strategies: list[str], saved: str | None = None) -> dict[str, f
     if not methods:
         return {}
     if saved is not None:
-        lines = [ln for ln in Path(saved).read_text().splitlines() if ln.startswith("{")]
-        got = json.loads(lines[-1])
-        return {s: got[FLOOR[s]]["over_bare"] for s in strategies
-                if s in FLOOR and isinstance(got.get(FLOOR[s]), dict)}
-    out = subprocess.run([sys.executable, str(HERE / "floor.py"), "--methods", ",".join(methods),
-                          "--no-thread-check"], capture_output=True, text=True, timeout=3600,
-                         env={**os.environ, "PYTHONPATH": str(HERE.parent), **ONE_THREAD})
-    if out.returncode != 0:
-        print("floor.py failed:", (out.stderr.strip().splitlines() or ["?"])[-1])
-        return {}
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    return {s: got[FLOOR[s]]["over_bare"] for s in strategies if s in FLOOR and FLOOR[s] in got}
-
+        text = Path(saved).read_text()
+    else:
+        out = subprocess.run([sys.executable, str(HERE / "floor.py"), "--methods",
+                              ",".join(methods), "--no-thread-check"], capture_output=True,
+                             text=True, timeout=3600,
+                             env={**os.environ, "PYTHONPATH": str(HERE.parent), **ONE_THREAD})
+        if out.returncode != 0:
+            print("floor.py failed:", (out.stderr.strip().splitlines() or ["?"])[-1])
+            return {}
+        text = out.stdout
+    got = json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
+    return {s: got[FLOOR[s]]["over_bare"] for s in strategies
+            if s in FLOOR and isinstance(got.get(FLOOR[s]), dict)}
 
 def main() -> int:
     ap = argparse.ArgumentParser()
