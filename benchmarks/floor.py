@@ -27,10 +27,11 @@ runs is the one least disturbed by the rest of the machine (on a shared
 2-core host single runs of half a second vary by 30 % and more), the
 estimator ``timeit`` recommends; ``over_bare_paired`` is the median over
 the repeats of each repeat's lifelong / bare ratio (its two runs are
-adjacent in time) for comparison. Training time only (no evaluation on either side). Time is the process's CPU
-time (``time.process_time``): with one thread it is the work done, and it
-stays comparable when other programs load the machine, which wall time does
-not (the table records the load average).
+adjacent in time) for comparison. Training time only (no evaluation on
+either side). Time is the process's CPU time (``time.process_time``): with
+one thread it is the work done, and it stays comparable when other programs
+load the machine, which wall time does not (the table records the load
+average).
 
 The ``A/A`` row runs the bare naive loop a second time in each repeat and
 reports it against the first through both estimators (``noise_aa``):
@@ -220,6 +221,12 @@ def with_lifelong(method: str, stream, seed: int, clock=time.process_time) -> fl
     return clock() - t0
 
 
+def ratios(base: list[float], other: list[float]) -> tuple[float, float]:
+    """``other`` over ``base``: fastest run over fastest run, and the median of the repeats'
+    ratios (each repeat's two runs are adjacent in time, so their ratio cancels the drift)."""
+    return min(other) / min(base), statistics.median(y / x for x, y in zip(base, other))
+
+
 def quickstart_sps(stream, threads: int, repeats: int) -> float:
     apply_threads(threads)
     n = sum(len(e.y) for e in stream.experiences())
@@ -250,22 +257,20 @@ def main() -> None:
         for m in methods:
             times[m]["bare"].append(bare(m, stream, 0))
             times[m]["lifelong"].append(with_lifelong(m, stream, 0))
-        same.append(bare("naive", stream, 0))
+        if "naive" in methods:
+            same.append(bare("naive", stream, 0))
     load = os.getloadavg()[0]
     print(f"{'method':<8}{'bare cpu s':>11}{'lifelong cpu s':>15}{'samples/s':>11}{'over bare':>11}"
           f"{'paired':>9}")
     result: dict[str, object] = {}
     for m in methods:
         b, ll = statistics.median(times[m]["bare"]), statistics.median(times[m]["lifelong"])
-        # each repeat's two runs are adjacent in time: their ratio cancels the machine's drift
-        paired = statistics.median(y / x for x, y in zip(times[m]["bare"], times[m]["lifelong"]))
-        floor_ratio = min(times[m]["lifelong"]) / min(times[m]["bare"])
+        floor_ratio, paired = ratios(times[m]["bare"], times[m]["lifelong"])
         print(f"{m:<8}{b:>11.3f}{ll:>15.3f}{n / ll:>11,.0f}{floor_ratio:>11.3f}{paired:>9.3f}")
         result[m] = {"over_bare": round(floor_ratio, 3), "over_bare_paired": round(paired, 3),
                      "samples_per_second": round(n / ll, 1)}
     if "naive" in times:  # A/A: the same bare loop against itself, through both estimators
-        aa = min(same) / min(times["naive"]["bare"])
-        aa_paired = statistics.median(y / x for x, y in zip(times["naive"]["bare"], same))
+        aa, aa_paired = ratios(times["naive"]["bare"], same)
         print(f"{'A/A':<8}{min(same):>11.3f}{'(bare naive, again)':>26}{aa:>11.3f}{aa_paired:>9.3f}")
         result["noise_aa"] = {"over_bare": round(aa, 3), "over_bare_paired": round(aa_paired, 3)}
     print(f"{args.repeats} interleaved repeats, median CPU seconds; over bare: fastest lifelong run "
