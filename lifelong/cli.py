@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not same:
             check_no_other_run(out_arg, overwrite=args.overwrite)
     out = check_out_dir(out_arg) if out_arg else None
-    run = build(raw)
+    run = build(raw, resumed_threads=None if payload is None else payload.get("torch_threads"))
     if payload is not None:
         check_compatible(payload, run.config, args.resume)
         run.learner.continue_timing(payload.get("timing"))

@@ -76,8 +76,13 @@ def hide_boundaries(stream: Stream, task_free: bool) -> Stream:
     return stream
 
 
-def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
-    """Validate ``raw`` and build the stream, model, plugins and learner."""
+def build(raw: dict[str, Any], *, registry: Registry | None = None,
+          resumed_threads: int | None = None) -> Run:
+    """Validate ``raw`` and build the stream, model, plugins and learner.
+
+    ``resumed_threads``: the thread count a checkpoint recorded, kept when
+    ``train.threads`` is ``auto`` (an exact resume needs the same count).
+    """
     reg = registry or get_registry()
     cfg = resolve(raw, reg)
     seed = cfg["seed"]
@@ -128,12 +133,13 @@ def build(raw: dict[str, Any], *, registry: Registry | None = None) -> Run:
     model = bentry.factory(input_shape=stream.input_shape, num_classes=stream.num_classes,
                            **bparams)
 
-    threads, threads_rule = choose_threads(model, tuple(stream.input_shape), train["batch_size"],
-                                           setting=train.get("threads", "auto"),
-                                           device=resolve_device(cfg["device"]))
-    apply_threads(threads)
     plugins = [make_plugin(s["name"], {k: v for k, v in s.items() if k != "name"},
                            seed=seed, registry=reg) for s in specs]
+    threads, threads_rule = choose_threads(model, tuple(stream.input_shape), train["batch_size"],
+                                           setting=train.get("threads", "auto"),
+                                           device=resolve_device(cfg["device"]), plugins=plugins,
+                                           resumed=resumed_threads)
+    apply_threads(threads)
     ev = cfg["eval"]
     user_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
     if "every" not in user_eval and not stream.task_aware and stream.test:

@@ -6,10 +6,17 @@ samples/s on one thread, and with torch's default (all cores) at 560-3,300
 samples/s as soon as anything else runs on the machine. Large steps (a
 ResNet at batch 32) do gain from several threads. The rule: count the
 multiply-adds of one training step (forward and backward, about three
-forwards) of the model on one batch; below :data:`FLOPS_PER_THREAD` it is one
-thread, above it one thread per :data:`FLOPS_PER_THREAD` up to the cores
-available. It is deterministic (a resumed run on the same machine chooses the
-same count; exact resume needs it) and needs no timing.
+forwards) of the model on the rows one step passes through it: the stream's
+batch plus what the plugins add (``rows_per_step(batch_size)`` of a plugin:
+ER's replay batch, DER++'s two, A-GEM's reference batch, GEM's past tasks'
+memories). Below :data:`FLOPS_PER_THREAD` it is one thread, which needs no
+measurement; above it one thread per :data:`FLOPS_PER_THREAD`, up to the cores
+available and, since threads waiting on a busy core lose more than they
+gain (GEM on 2 cores with another program on one: 2.2x slower at 2 threads
+than at 1; on an idle machine 1.7x faster), up to the cores idle when the
+run starts (:func:`idle_cores`, 0.1 s of ``/proc/stat``). A resumed run
+keeps the count its checkpoint recorded (exact resume needs the same count;
+the first run's machine state is not measured again).
 
 The count applies to torch's intra-op pool and, through ``threadpoolctl``,
 to every BLAS and OpenMP pool loaded in the process (numpy's OpenBLAS spins
@@ -29,6 +36,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -36,7 +45,8 @@ from torch import nn
 
 from lifelong.errors import ConfigError
 
-__all__ = ["FLOPS_PER_THREAD", "step_flops", "choose_threads", "apply_threads", "available_cores"]
+__all__ = ["FLOPS_PER_THREAD", "step_flops", "plugin_rows", "choose_threads", "apply_threads",
+           "available_cores", "idle_cores"]
 
 #: FLOPs of one training step that justify one more thread (5e8: a step of ~1 ms per thread
 #: on one core; the MLP at batch 10 does 1.2e7, a small CNN at batch 10 2.3e8, the reduced
@@ -50,6 +60,42 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def idle_cores(seconds: float = 0.1) -> float | None:
+    """How many cores the machine's other programs left idle over ``seconds``, from ``/proc/stat``.
+
+    ``None`` where ``/proc/stat`` cannot be read (not Linux): no cap then.
+    """
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields[3:5]), sum(fields[:8])   # idle + iowait, all but guest time
+
+    try:
+        idle0, total0 = read()
+        time.sleep(seconds)
+        idle1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def plugin_rows(plugins: Iterable[Any], batch_size: int) -> int:
+    """Rows the plugins pass through the model per step beside the stream's batch.
+
+    A plugin that runs the model on more rows than the batch (replay, a reference
+    gradient, past tasks' memories) says how many with ``rows_per_step(batch_size)``;
+    the others add none.
+    """
+    total = 0
+    for p in plugins:
+        rows = getattr(p, "rows_per_step", None)
+        if callable(rows):
+            total += max(0, int(rows(batch_size)))
+    return total
 
 
 def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
@@ -84,8 +130,16 @@ def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) 
 
 def choose_threads(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *,
                    setting: int | str = "auto", device: torch.device | str = "cpu",
-                   cores: int | None = None) -> tuple[int, str]:
-    """``(threads, why)`` for a run: ``setting`` if a number, else the rule of the module docstring."""
+                   cores: int | None = None, plugins: Iterable[Any] = (),
+                   idle: float | None | Callable[[], float | None] = idle_cores,
+                   resumed: int | None = None) -> tuple[int, str]:
+    """``(threads, why)`` for a run: ``setting`` if a number, else the rule of the module docstring.
+
+    ``plugins``: their ``rows_per_step`` is counted; ``idle``: the idle cores (a number,
+    ``None`` for no cap, or the function that measures them, called only when the
+    arithmetic asks for more than one thread); ``resumed``: the count a checkpoint
+    recorded, kept under ``auto``.
+    """
     cores = cores or available_cores()
     if setting != "auto":
         if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
@@ -94,15 +148,34 @@ def choose_threads(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
             raise ConfigError(f"train.threads: {setting} threads asked for, but this process may use "
                               f"{cores} core(s); use at most {cores}, or 'auto'")
         return setting, "set by train.threads"
+    n, why = _rule(model, input_shape, batch_size, device, cores, plugins, idle)
+    if resumed is None or min(cores, resumed) == n:
+        return n, why
+    return (max(1, min(cores, resumed)),
+            f"auto: the {resumed} thread(s) the checkpoint recorded, for an exact resume")
+
+
+def _rule(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+          device: torch.device | str, cores: int, plugins: Iterable[Any],
+          idle: float | None | Callable[[], float | None]) -> tuple[int, str]:
     if torch.device(device).type == "cuda":
         return 1, "auto: on CUDA the CPU threads only feed the device"
+    extra = plugin_rows(plugins, batch_size)
     try:
-        flops = step_flops(model, input_shape, batch_size)
+        flops = step_flops(model, input_shape, batch_size + extra)
     except (RuntimeError, ValueError, TypeError):  # the dry forward failed: checked elsewhere
         return 1, "auto: the step's arithmetic could not be counted"
-    n = max(1, min(cores, int(flops // FLOPS_PER_THREAD)))
-    return n, (f"auto: {flops / 1e6:,.0f} MFLOP per training step, one thread per "
-               f"{FLOPS_PER_THREAD / 1e6:,.0f} MFLOP, {cores} core(s)")
+    rows = f"{batch_size}+{extra} rows" if extra else f"{batch_size} rows"
+    want = max(1, min(cores, int(flops // FLOPS_PER_THREAD)))
+    why = (f"auto: {flops / 1e6:,.0f} MFLOP per training step ({rows}), one thread per "
+           f"{FLOPS_PER_THREAD / 1e6:,.0f} MFLOP, {cores} core(s)")
+    if want == 1:
+        return 1, why
+    free = idle() if callable(idle) else idle
+    if free is None:
+        return want, why
+    n = max(1, min(want, round(free)))
+    return n, why if n == want else why + f", {free:.1f} idle at the start: {n} instead of {want}"
 
 
 def apply_threads(n: int) -> None:

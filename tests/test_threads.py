@@ -1,14 +1,27 @@
 """train.threads: a rule from the step's arithmetic, recorded, and applied to every pool."""
 
 import json
+import os
 
 import pytest
 import torch
+import yaml
 
 from lifelong.backbones import cnn, mlp, resnet
+from lifelong.checkpoint import Checkpointer
 from lifelong.cli import main
 from lifelong.errors import ConfigError
-from lifelong.threads import FLOPS_PER_THREAD, choose_threads, step_flops
+from lifelong.plugins.regularization import LwF
+from lifelong.plugins.replay import AGEM, ER, GEM, DERpp
+from lifelong.run import build
+from lifelong.threads import (
+    FLOPS_PER_THREAD,
+    available_cores,
+    choose_threads,
+    idle_cores,
+    plugin_rows,
+    step_flops,
+)
 
 BLOBS = """
 seed: 1
@@ -40,10 +53,65 @@ def test_rule_gives_one_thread_to_small_steps_and_more_to_large_ones():
     assert choose_threads(small, (1, 28, 28), 10, cores=16)[0] == 1
     big = resnet(input_shape=(1, 28, 28), num_classes=10)
     flops = step_flops(big, (1, 28, 28), 32)
-    n, why = choose_threads(big, (1, 28, 28), 32, cores=4)
+    n, why = choose_threads(big, (1, 28, 28), 32, cores=4, idle=None)
     assert flops > 4 * FLOPS_PER_THREAD and n == 4 and "MFLOP" in why
-    assert choose_threads(big, (1, 28, 28), 32, cores=64)[0] == int(flops // FLOPS_PER_THREAD)
+    assert choose_threads(big, (1, 28, 28), 32, cores=64, idle=None)[0] == int(flops // FLOPS_PER_THREAD)
     assert choose_threads(big, (1, 28, 28), 32, setting=1, cores=4) == (1, "set by train.threads")
+
+
+def test_plugins_rows_count_and_gem_on_an_mlp_gets_threads_the_batch_alone_would_not():
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    per_row = step_flops(model, (1, 28, 28), 1)
+    er, derpp, agem, gem = ER(mem_size=50), DERpp(mem_size=50, batch_size=32), AGEM(), GEM()
+    assert plugin_rows([er], 10) == 10 and plugin_rows([ER(mem_size=50, batch_size=7)], 10) == 7
+    assert plugin_rows([derpp], 10) == 64 and plugin_rows([agem], 10) == 128
+    assert plugin_rows([gem], 10) == 2560 and plugin_rows([LwF(), object()], 9) == 3
+    assert plugin_rows([er, derpp], 10) == 74
+    assert choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[er], idle=None)[0] == 1
+    n, why = choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[gem], idle=None)
+    assert n == min(8, int(per_row * 2570 // FLOPS_PER_THREAD)) > 1 and "10+2560 rows" in why
+    assert choose_threads(model, (1, 28, 28), 10, cores=8, idle=None)[0] == 1
+
+
+def test_idle_cores_cap_the_count_and_are_measured_only_when_more_than_one_thread_is_wanted():
+    model = mlp(input_shape=(1, 28, 28), num_classes=10)
+    calls = []
+
+    def idle():
+        calls.append(1)
+        return 1.2
+
+    n, why = choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[GEM()], idle=idle)
+    assert n == 1 and calls and "1.2 idle at the start: 1 instead of" in why
+    assert choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[GEM()], idle=3.6)[0] == 4
+    calls.clear()
+    assert choose_threads(model, (1, 28, 28), 10, cores=8, idle=idle)[0] == 1 and not calls
+    free = idle_cores(0.01)
+    assert free is None or 0.0 <= free <= (os.cpu_count() or 1)
+
+
+def test_a_resumed_auto_run_keeps_the_checkpoint_count_and_a_set_count_wins():
+    big = resnet(input_shape=(1, 28, 28), num_classes=10)
+    assert choose_threads(big, (1, 28, 28), 32, cores=4, resumed=3, idle=None)[0] == 3
+    n, why = choose_threads(big, (1, 28, 28), 32, cores=4, resumed=3, idle=None)
+    assert "checkpoint recorded" in why
+    n, why = choose_threads(big, (1, 28, 28), 32, cores=2, resumed=3, idle=None)
+    assert n == 2 and why == choose_threads(big, (1, 28, 28), 32, cores=2, idle=None)[1]
+    assert choose_threads(big, (1, 28, 28), 32, cores=4, resumed=3, setting=1) == (1, "set by train.threads")
+
+
+def test_resume_runs_with_the_count_the_checkpoint_recorded(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.set_num_threads(1)
+    run = build(yaml.safe_load(BLOBS))
+    run.learner.fit(run.stream, stop_after=2)
+    torch.set_num_threads(2)  # the first run's count, as the checkpoint records it
+    Checkpointer(out, run.config, every=1).save(run.learner)
+    torch.set_num_threads(1)
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["threads"] == min(2, available_cores()) and "checkpoint recorded" in m["threads_rule"]
 
 
 @pytest.mark.parametrize("bad", [0, -2, "two", 2.5, True, 999])

@@ -74,6 +74,10 @@ class AGEM:
         self.buffer_: Buffer | None = None
         self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
+    def rows_per_step(self, batch_size: int) -> int:
+        """The reference batch's forward and backward at each step (for the threads rule)."""
+        return self.batch_size
+
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         self._tasks = tuple(stream.tasks)

@@ -108,6 +108,10 @@ class DER:
         """Avalanche's experience-end memory needs boundaries; the reservoir needs none."""
         return ("boundaries",) if self.memory == "class_balanced_end" else ()
 
+    def rows_per_step(self, batch_size: int) -> int:
+        """The replay rows each step adds to the model's (for the threads rule)."""
+        return self.batch_size
+
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         refuse_end_memory(self.name, self.memory, stream)
@@ -180,6 +184,10 @@ class DERpp(DER):
         super().__init__(mem_size=mem_size, batch_size=batch_size, alpha=alpha, seed=seed,
                          memory=memory)
         self.beta = beta
+
+    def rows_per_step(self, batch_size: int) -> int:
+        """Two replay batches per step (for the threads rule)."""
+        return 2 * self.batch_size
 
     @hookimpl
     def replay_batch(self, learner: Learner, step: Step) -> Batch | None:

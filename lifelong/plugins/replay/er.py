@@ -101,6 +101,10 @@ class ER:
         """Avalanche's experience-end memory needs boundaries; the reservoir needs none."""
         return ("boundaries",) if self.memory == "experience_balanced_end" else ()
 
+    def rows_per_step(self, batch_size: int) -> int:
+        """The replay batch each step adds to the model's (for the threads rule)."""
+        return self.batch_size or batch_size
+
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         if self.batch_size is None:  # equal to the stream batch

@@ -129,6 +129,14 @@ class GEM:
         self.task_ = -1
         self._tasks: tuple[Any, ...] = ()  # the stream's tasks (multi-target: stored targets)
 
+    def rows_per_step(self, batch_size: int) -> int:
+        """Past tasks' memories, forward and backward at each step (for the threads rule).
+
+        From none (first task) to all ``mem_size`` rows (last); half of it is the
+        average over a stream of equal tasks.
+        """
+        return self.mem_size // 2
+
     @hookimpl
     def before_training(self, learner: Learner, stream: Stream) -> None:
         n_tasks = stream.n_experiences if stream.task_aware else None
