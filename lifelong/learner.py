@@ -242,6 +242,13 @@ class HookFacade:
         self._h.after_eval(learner=learner, report=report)
 
 
+
+def _fusable(model: nn.Module) -> bool:
+    """Whether torch's fused optimizer kernels apply: floating parameters on CPU or CUDA."""
+    ps = list(model.parameters())
+    return bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                            for p in ps)
+
 class Learner:
     """Trains ``model`` on a stream, letting ``plugins`` contribute at each event.
 
@@ -464,10 +471,22 @@ class Learner:
         if callable(spec):
             return spec(params)
         if spec == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay)
-        cls = torch.optim.Adam if spec == "adam" else torch.optim.AdamW
-        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+            cls: Any = torch.optim.SGD
+            kw: dict[str, Any] = {"lr": self.lr, "momentum": self.momentum,
+                                  "weight_decay": self.weight_decay}
+        else:
+            cls = torch.optim.Adam if spec == "adam" else torch.optim.AdamW
+            kw = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if spec == "sgd" and self.momentum == 0 and _fusable(self.model):
+            # plain SGD: one kernel over every tensor instead of one call per tensor (~18 us
+            # a step for the MLP), the same bits as the per-tensor loop. Not with momentum
+            # (torch's fused SGD fails on a parameter that gets its first gradient later, a
+            # grown head) nor for Adam (it rounds the last bit differently)
+            try:
+                return cls(params, fused=True, **kw)
+            except (RuntimeError, TypeError, ValueError):  # a dtype or device without the kernel
+                pass
+        return cls(params, **kw)
 
     def _check_composition(self) -> None:
         for hook in ("combine_losses", "expand_model", "sample_weights"):

@@ -408,3 +408,23 @@ def test_trainable_parameters_follow_the_model_through_freezing_surgery_and_grow
     learner.model = copy.deepcopy(learner.model)  # a new model assigned directly
     assert all(any(q is r for r in learner.model.parameters())
                for q in learner.trainable_parameters().values())
+
+
+def test_plain_sgd_runs_fused_with_the_per_tensor_loops_bits_and_the_others_run_unfused():
+    """Fused plain SGD is one kernel a step; the weights equal torch's per-tensor SGD's bit
+    for bit. Momentum and Adam keep torch's default (per-tensor) implementation."""
+    stream = tiny_stream()
+    torch.manual_seed(0)
+    model = mlp(input_shape=stream.input_shape, num_classes=stream.num_classes, hidden=[8])
+    ref_model = copy.deepcopy(model)
+    learner = Learner(model, lr=0.1, batch_size=4, device="cpu", seed=0)
+    assert learner.optimizer.defaults["fused"] is True
+    learner.fit(stream, evaluate=False)
+    ref = Learner(ref_model, lr=0.1, batch_size=4, device="cpu", seed=0,
+                  optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert not ref.optimizer.defaults.get("fused")
+    ref.fit(stream, evaluate=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    m = mlp(input_shape=(4,), num_classes=2)
+    assert not Learner(m, momentum=0.9, device="cpu").optimizer.defaults.get("fused")
+    assert not Learner(m, optimizer="adam", device="cpu").optimizer.defaults.get("fused")
