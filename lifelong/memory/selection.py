@@ -117,8 +117,7 @@ class Reservoir:
         cap = buffer.capacity
         index = torch.arange(self.seen, self.seen + n, device=buffer.device)
         self.seen += n
-        j = _uniform_upto(index, buffer.generator)
-        return j.masked_fill(j >= cap, cap)
+        return _uniform_upto(index, buffer.generator).clamp_max_(cap)  # j >= cap: the trash row
 
     def filled(self, buffer: Buffer) -> int:
         return min(self.seen, buffer.capacity)
