@@ -162,6 +162,25 @@ def test_derpp_draws_two_independent_replay_batches():
     assert torch.allclose(terms["derpp_labels"], 1.0 * F.cross_entropy(logits[10:], b.y[10:]))
 
 
+def test_derpp_shared_batch_uses_one_draw_for_both_terms_as_avalanche_does():
+    der = DERpp(mem_size=50, batch_size=10, seed=0, shared_batch=True)
+    stream = tiny_stream()
+    learner = make_learner([der], stream)
+    learner.begin(stream, evaluate=False)
+    x = torch.arange(50.0).view(50, 1, 1, 1).expand(50, 1, 4, 4).contiguous()
+    der.buffer_.add(x, torch.arange(50) % 6, logits=torch.randn(50, 6))
+    b = der.replay_batch(learner, None)
+    assert len(b) == 10 and len(set(b.x[:, 0, 0, 0].tolist())) == 10
+    assert der.rows_per_step(10) == 10 and DERpp(batch_size=10).rows_per_step(10) == 20
+    logits = torch.randn(10, 6)
+    step = SimpleNamespace(logits_of=lambda p: logits, replay_of=lambda p: b)
+    terms = der.loss_terms(learner, step)
+    assert torch.allclose(terms["derpp_logits"], 0.2 * F.mse_loss(logits, b.extras["logits"]))
+    assert torch.allclose(terms["derpp_labels"], 1.0 * F.cross_entropy(logits, b.y))
+    with pytest.raises(ConfigError, match="shared_batch"):
+        DERpp(shared_batch="yes")
+
+
 # ----------------------------------------------------------------------------- behaviour
 
 METHODS = {

@@ -4,7 +4,10 @@ Each stream sample enters a reservoir buffer together with the logits the
 model produced for it at that step (online, before the update), and those
 logits are never refreshed. DER adds ``alpha * MSE(model(x'), z')`` on a
 replay batch ``(x', z')``; DER++ adds ``beta * CE(model(x''), y'')`` on a
-second, independently drawn replay batch. Both need no boundaries.
+second, independently drawn replay batch (the paper's Algorithm 1). Both
+need no boundaries. ``DERpp(shared_batch=True)`` is Avalanche's DER++ (its
+``DER`` with ``beta > 0``): the label term reuses the logits term's batch,
+one draw and half the replay rows a step.
 
 On a multi-target stream every head's output is stored (``logits/<task>``)
 with every task's target; the DER term sums each head's mean squared error
@@ -179,21 +182,28 @@ class DERpp(DER):
     name = "derpp"
 
     def __init__(self, *, mem_size: int = 200, batch_size: int = 128, alpha: float = 0.2,
-                 beta: float = 1.0, seed: int = 0, memory: str = "reservoir"):
+                 beta: float = 1.0, seed: int = 0, memory: str = "reservoir",
+                 shared_batch: bool = False):
         check_number("plugin 'derpp'", "beta", beta, min=0.0)
+        if not isinstance(shared_batch, bool):
+            raise ConfigError(f"plugin 'derpp': shared_batch must be true or false, got "
+                              f"{shared_batch!r}")
         super().__init__(mem_size=mem_size, batch_size=batch_size, alpha=alpha, seed=seed,
                          memory=memory)
         self.beta = beta
+        self.shared_batch = shared_batch
 
     def rows_per_step(self, batch_size: int) -> int:
-        """Two replay batches per step (for the threads rule)."""
-        return 2 * self.batch_size
+        """Two replay batches per step, one with ``shared_batch`` (for the threads rule)."""
+        return self.batch_size if self.shared_batch else 2 * self.batch_size
 
     @hookimpl
     def replay_batch(self, learner: Learner, step: Step) -> Batch | None:
         assert self.buffer_ is not None
         if not len(self.buffer_):
             return None
+        if self.shared_batch:  # Avalanche's DER with beta > 0: one draw for both terms
+            return self.buffer_.sample(self.batch_size)
         # two independent draws (logits term, label term), gathered at once
         return self.buffer_.gather(torch.cat([self.buffer_.draw(self.batch_size),
                                               self.buffer_.draw(self.batch_size)]))
@@ -203,18 +213,21 @@ class DERpp(DER):
         logits, replay = step.logits_of(self), step.replay_of(self)
         if logits is None or replay is None or replay.extras is None:
             return None
-        h = len(replay) // 2  # first half: logits term; second half: label term
+        n = len(replay)
+        # the logits term's rows, then the label term's: two halves, or the same rows shared
+        a, b = (slice(0, n), slice(0, n)) if self.shared_batch else (slice(0, n // 2),
+                                                                      slice(n // 2, n))
         if getattr(step, "outputs", None) is not None:  # multi-target: every head and every task's target
             out = step.outputs_of(self)
-            first = {k: v[:h] for k, v in out.items()}
-            second = {k: v[h:] for k, v in out.items()}
-            targets, present = replay_targets({k: v[h:] for k, v in replay.extras.items()})
+            first = {k: v[a] for k, v in out.items()}
+            second = {k: v[b] for k, v in out.items()}
+            targets, present = replay_targets({k: v[b] for k, v in replay.extras.items()})
             labels = sum(replay_losses(second, targets, present, learner.tasks).values())
             return {"derpp_logits": self.alpha * logit_matching(
-                        first, {k: v[:h] for k, v in replay.extras.items()}, learner.tasks),
+                        first, {k: v[a] for k, v in replay.extras.items()}, learner.tasks),
                     "derpp_labels": self.beta * labels}
-        return {"derpp_logits": self.alpha * der_loss(logits[:h], replay.extras["logits"][:h]),
-                "derpp_labels": self.beta * F.cross_entropy(logits[h:], replay.y[h:])}
+        return {"derpp_logits": self.alpha * der_loss(logits[a], replay.extras["logits"][a]),
+                "derpp_labels": self.beta * F.cross_entropy(logits[b], replay.y[b])}
 
 
 @hookimpl
