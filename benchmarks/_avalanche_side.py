@@ -60,11 +60,11 @@ def main() -> None:
     s = args.side
     if s == "naive":
         strat = S.Naive(**common)
-    elif s in ("er200", "er500"):
-        strat = S.Naive(**common, plugins=[P.ReplayPlugin(mem_size=int(s[2:]))])
+    elif s in ("er200", "er200_av", "er500"):
+        strat = S.Naive(**common, plugins=[P.ReplayPlugin(mem_size=int(s[2:5]))])
     elif s == "der":
         strat = S.DER(**common, mem_size=200, batch_size_mem=10, alpha=0.2, beta=0.0)
-    elif s in ("derpp", "derpp_shared"):  # Avalanche's DER++: one replay batch for both terms
+    elif s in ("derpp", "derpp_av"):  # Avalanche's DER++: one replay batch for both terms
         strat = S.DER(**common, mem_size=200, batch_size_mem=128, alpha=0.2, beta=1.0)
     elif s == "ewc":
         strat = S.EWC(**common, ewc_lambda=100.0, mode="separate")

@@ -33,17 +33,21 @@ EWC ``ewc_lambda=100``; online EWC ``mode="online", decay_factor=1``; SI
 ``ReplayPlugin(mem_size)``; GEM ``patterns_per_exp=1024`` (5120 / 5),
 ``memory_strength=0.5``; A-GEM ``patterns_per_exp=40`` (200 / 5),
 ``sample_size=128``; DER ``mem_size=200, batch_size_mem=10, alpha=0.2,
-beta=0``; DER++ ``batch_size_mem=128, alpha=0.2, beta=1`` (Avalanche draws one replay
-batch for both terms; lifelong's ``derpp`` draws two, as the paper does, so it
-passes 266 rows a step to Avalanche's 138: ``derpp_shared`` is lifelong's
-``DERpp(shared_batch=True)``, Avalanche's arithmetic, against the same
-Avalanche run); generative
+beta=0``; DER++ ``batch_size_mem=128, alpha=0.2, beta=1``; generative
 replay: Avalanche's ``GenerativeReplay`` at its defaults (an MLP VAE trained
 with Adam, one generator step per stream batch) against lifelong's
 ``GenerativeReplay(generator_steps=1)`` (one generator step per batch as
 well; lifelong's default is 10, its VAE is 784-256-32, so the two generators
 still differ in size: the row compares two generative replays, not one
 implementation against another).
+Same method, different arithmetic: Avalanche's replay memories are filled
+at experience ends (no replay during the first experience), and its DER++
+draws one replay batch for both terms (138 rows a step where the paper's
+two draws, lifelong's default, pass 266). The ``er200_av`` and ``derpp_av``
+rows run lifelong's variants that do what Avalanche does
+(``ER(memory="experience_balanced_end", replay_loss="joint_mean")``,
+``DERpp(shared_batch=True, memory="class_balanced_end")``) against the same
+Avalanche runs as ``er200`` and ``derpp``: the like-for-like speed.
 Differences that remain: Avalanche's A-GEM keeps a per-experience memory
 (lifelong's a reservoir of the same total size), and Avalanche's replay
 buffers are experience-balanced (lifelong's reservoir).
@@ -71,8 +75,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-STRATEGIES = ("naive", "er200", "er500", "der", "derpp", "derpp_shared", "ewc", "online_ewc", "si",
-              "lwf", "agem", "gem", "generative_replay")
+STRATEGIES = ("naive", "er200", "er200_av", "er500", "der", "derpp", "derpp_av", "ewc", "online_ewc",
+              "si", "lwf", "agem", "gem", "generative_replay")
 FLOOR = {"naive": "naive", "er200": "er", "der": "der", "derpp": "derpp", "si": "si", "lwf": "lwf",
          "agem": "agem", "gem": "gem"}   # strategy -> its bare loop in benchmarks/floor.py
 HERE = Path(__file__).resolve().parent
@@ -120,9 +124,12 @@ def lifelong_side(strategy: str, seed: int, data: Path) -> dict:
     model = mlp(input_shape=(1, 28, 28), num_classes=10)
     model.load_state_dict(d["init"])
     plugins = {"naive": [], "er200": [ER(mem_size=200, seed=seed)],
+               "er200_av": [ER(mem_size=200, seed=seed, memory="experience_balanced_end",
+                               replay_loss="joint_mean")],
                "er500": [ER(mem_size=500, seed=seed)], "der": [DER(mem_size=200, seed=seed)],
                "derpp": [DERpp(mem_size=200, seed=seed)],
-               "derpp_shared": [DERpp(mem_size=200, seed=seed, shared_batch=True)], "ewc": [EWC(seed=seed)],
+               "derpp_av": [DERpp(mem_size=200, seed=seed, shared_batch=True,
+                                  memory="class_balanced_end")], "ewc": [EWC(seed=seed)],
                "online_ewc": [OnlineEWC(seed=seed)], "si": [SI()], "lwf": [LwF()],
                "agem": [AGEM(mem_size=200, seed=seed)], "gem": [GEM(mem_size=5120, seed=seed)],
                "generative_replay": [GenerativeReplay(generator_steps=1, seed=seed)],
