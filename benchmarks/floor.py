@@ -245,7 +245,7 @@ def main() -> None:
     stream = split_mnist(n_experiences=5, seed=0)
     n = sum(len(e.y) for e in stream.experiences())
     model = mlp(input_shape=(1, 28, 28), num_classes=10)
-    auto, why = choose_threads(model, (1, 28, 28), BATCH)
+    auto, why = choose_threads(model, (1, 28, 28), BATCH, plugins=[ER(mem_size=200)])  # the quickstart
     apply_threads(auto)
     methods = args.methods.split(",")
     for m in methods:   # warm-up: lazy imports, allocator
