@@ -242,12 +242,12 @@ class HookFacade:
         self._h.after_eval(learner=learner, report=report)
 
 
+def _fusable(params: list[Any]) -> bool:
+    """Whether torch's fused optimizer kernels apply to ``params`` (tensors, or parameter
+    groups): floating tensors on CPU or CUDA. torch checks this only at the first step."""
+    ts = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]
+    return bool(ts) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in ts)
 
-def _fusable(model: nn.Module) -> bool:
-    """Whether torch's fused optimizer kernels apply: floating parameters on CPU or CUDA."""
-    ps = list(model.parameters())
-    return bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                            for p in ps)
 
 class Learner:
     """Trains ``model`` on a stream, letting ``plugins`` contribute at each event.
@@ -477,15 +477,12 @@ class Learner:
         else:
             cls = torch.optim.Adam if spec == "adam" else torch.optim.AdamW
             kw = {"lr": self.lr, "weight_decay": self.weight_decay}
-        if spec == "sgd" and self.momentum == 0 and _fusable(self.model):
+        if spec == "sgd" and self.momentum == 0 and _fusable(params):
             # plain SGD: one kernel over every tensor instead of one call per tensor (~18 us
             # a step for the MLP), the same bits as the per-tensor loop. Not with momentum
             # (torch's fused SGD fails on a parameter that gets its first gradient later, a
             # grown head) nor for Adam (it rounds the last bit differently)
-            try:
-                return cls(params, fused=True, **kw)
-            except (RuntimeError, TypeError, ValueError):  # a dtype or device without the kernel
-                pass
+            kw["fused"] = True
         return cls(params, **kw)
 
     def _check_composition(self) -> None:

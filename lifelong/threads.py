@@ -148,7 +148,9 @@ def choose_threads(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
             raise ConfigError(f"train.threads: {setting} threads asked for, but this process may use "
                               f"{cores} core(s); use at most {cores}, or 'auto'")
         return setting, "set by train.threads"
-    n, why = _rule(model, input_shape, batch_size, device, cores, plugins, idle)
+    # a resume keeps its recorded count: the machine's idle cores are not measured again
+    n, why = _rule(model, input_shape, batch_size, device, cores, plugins,
+                   idle if resumed is None else None)
     if resumed is None or min(cores, resumed) == n:
         return n, why
     return (max(1, min(cores, resumed)),

@@ -340,18 +340,16 @@ class Buffer:
     def gather(self, slots: Tensor | slice) -> Batch:
         """The samples in ``slots`` as a :class:`Batch` (payload columns in ``extras``); a
         ``slice`` gives views of the columns, an index tensor copies."""
-        cols = self.columns
         if isinstance(slots, Tensor):  # index_select: the copy without indexing's parsing
-            x, y = cols["x"].index_select(0, slots), cols["y"].index_select(0, slots)
-            task = cols["task"].index_select(0, slots) if "task" in cols else None
-            if len(cols) == 2 + (task is not None):
-                return Batch(x, y, task, None)
-            extras = {k: v.index_select(0, slots) for k, v in cols.items()
-                      if k not in ("x", "y", "task")}
-            return Batch(x, y, task, extras)
-        extras = {k: v[slots] for k, v in cols.items() if k not in ("x", "y", "task")}
-        task = cols["task"][slots] if "task" in cols else None
-        return Batch(cols["x"][slots], cols["y"][slots], task, extras or None)
+            def pick(v: Tensor) -> Tensor:
+                return v.index_select(0, slots)
+        else:
+            def pick(v: Tensor) -> Tensor:
+                return v[slots]
+        cols = self.columns
+        extras = {k: pick(v) for k, v in cols.items() if k not in ("x", "y", "task")}
+        task = pick(cols["task"]) if "task" in cols else None
+        return Batch(pick(cols["x"]), pick(cols["y"]), task, extras or None)
 
     def rows(self, start: int, stop: int) -> Batch:
         """Slots ``start .. stop - 1`` as a :class:`Batch` of views (no copy): read them before
