@@ -204,7 +204,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "the cached parameter map outlives a model assigned directly"),
     # ------------------------------------------------------------------ threads, optimizer
     M("threads-ignore-plugin-rows", "lifelong/threads.py",
-      "total += max(0, int(rows(batch_size)))", "total += 0",
+      "        total += n\n", "        total += 0\n",
       ("tests/test_threads.py::test_plugins_rows_count_and_gem_on_an_mlp_gets_threads_the_batch_alone_would_not",),
       "the threads rule counts the stream batch only, not the rows plugins add"),
     M("threads-ignore-idle-cores", "lifelong/threads.py",

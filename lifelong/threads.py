@@ -93,8 +93,14 @@ def plugin_rows(plugins: Iterable[Any], batch_size: int) -> int:
     total = 0
     for p in plugins:
         rows = getattr(p, "rows_per_step", None)
-        if callable(rows):
-            total += max(0, int(rows(batch_size)))
+        if not callable(rows):
+            continue
+        n = rows(batch_size)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            name = getattr(p, "name", type(p).__name__)
+            raise ConfigError(f"plugin {name!r}: rows_per_step({batch_size}) returned {n!r}; it "
+                              "must return a whole number >= 0 (the rows it adds to a step)")
+        total += n
     return total
 
 

@@ -67,6 +67,15 @@ def test_plugins_rows_count_and_gem_on_an_mlp_gets_threads_the_batch_alone_would
     assert plugin_rows([derpp], 10) == 64 and plugin_rows([agem], 10) == 128
     assert plugin_rows([gem], 10) == 2560 and plugin_rows([LwF(), object()], 9) == 3
     assert plugin_rows([er, derpp], 10) == 74
+
+    class Bad:
+        name = "bad"
+
+        def rows_per_step(self, batch_size):
+            return "many"
+
+    with pytest.raises(ConfigError, match="plugin 'bad': rows_per_step"):
+        plugin_rows([Bad()], 10)
     assert choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[er], idle=None)[0] == 1
     n, why = choose_threads(model, (1, 28, 28), 10, cores=8, plugins=[gem], idle=None)
     assert n == min(8, int(per_row * 2570 // FLOPS_PER_THREAD)) > 1 and "10+2560 rows" in why
