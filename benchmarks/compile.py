@@ -1,22 +1,26 @@
-"""``train.compile``: naive and ER compiled against eager on CPU, and what compile changes.
+"""``train.compile``: naive, ER and DER compiled against eager and against the bare loop, on CPU.
 
 Protocol: benchmarks/floor.py's (online split MNIST subset, 5 experiences,
-batch 10, SGD 0.1, MLP 784-256-256-10, one torch thread, seed 0); ER with a
-reservoir of 200. For each method: one eager run, one compiled run that pays
-the compilation (its time is reported apart), then ``--repeats`` timed runs
-of each, interleaved, compiled runs reusing the process's compiled code
-(TorchDynamo's cache and Inductor's FX graph cache in a private directory).
+batch 10, SGD 0.1, MLP 784-256-256-10, one torch thread, seed 0); ER and
+DER with a reservoir of 200. With this model, optimizer and these plugins
+the whole training step runs as one compiled graph (lifelong.compiled).
+For each method: one eager run, one compiled run that pays the compilation
+(its time is reported apart), then ``--repeats`` rounds of a bare,
+hand-written eager torch loop (floor.py's ``bare``), an eager lifelong run
+and a compiled one, interleaved; compiled runs reuse the process's compiled
+code (they share one model object, whose weights are reset to the seed's).
 Time is the training loop's CPU time (``time.process_time``), as in
-floor.py. Also checked, with compile on: determinism (two compiled runs,
+floor.py, and each column is the fastest of its repeats (floor.py's
+estimator). Also checked, with compile on: determinism (two compiled runs,
 same weights bit for bit), exact resume (a compiled run stopped half way,
 checkpointed and resumed equals the uninterrupted compiled run), and the
 largest weight difference from the eager run (rounding from Inductor's
 fused kernels).
 
-Last line: ``{"<method>": {"eager_cpu_s": .., "compiled_cpu_s": ..,
-"compiled_over_eager": .., "first_compile_s": ..}, "deterministic": ..,
-"exact_resume": .., "max_abs_diff_vs_eager": .., "threads": .., "load_average": ..,
-"compiler": ..}``.
+Last line: ``{"<method>": {"bare_cpu_s": .., "eager_cpu_s": .., "compiled_cpu_s": ..,
+"compiled_over_eager": .., "compiled_over_bare": .., "first_compile_s": ..,
+"acc_eager": .., "acc_compiled": ..}, "deterministic": .., "exact_resume": ..,
+"max_abs_diff_vs_eager": .., "threads": .., "load_average": .., "compiler": ..}``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import io
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -34,8 +37,13 @@ import torch
 
 from lifelong import Learner
 from lifelong.backbones import mlp
-from lifelong.plugins.replay import ER
+from lifelong.plugins.replay import DER, ER
 from lifelong.stream.catalog import split_mnist
+
+try:  # floor.py's bare loops, run from the repository root or from benchmarks/
+    from benchmarks.floor import bare
+except ImportError:
+    from floor import bare  # type: ignore[no-redef]
 
 _MODELS: dict[str, torch.nn.Module] = {}
 
@@ -49,7 +57,7 @@ def learner(method: str, compile: bool) -> Learner:
         shared = _MODELS.setdefault(method, model)
         shared.load_state_dict(model.state_dict())
         model = shared
-    plugins = [ER(mem_size=200, seed=0)] if method == "er" else []
+    plugins = {"naive": [], "er": [ER(mem_size=200, seed=0)], "der": [DER(mem_size=200, seed=0)]}[method]
     return Learner(model, plugins=plugins, lr=0.1, batch_size=10, device="cpu", seed=0,
                    compile=compile)
 
@@ -65,6 +73,12 @@ def weights(lr: Learner) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in lr.model.state_dict().items()}
 
 
+def accuracy(lr: Learner) -> float:
+    """Final average accuracy (Class-IL) over the stream's test sets."""
+    report = lr.evaluate()
+    return sum(report.class_il) / len(report.class_il)
+
+
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -72,7 +86,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="naive,er")
+    ap.add_argument("--methods", default="naive,er,der")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cache = tempfile.mkdtemp(prefix="lifelong-inductor-")
@@ -80,32 +94,40 @@ def main() -> None:
     compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     stream = split_mnist(n_experiences=5, seed=0)
     result: dict[str, object] = {}
-    print(f"{'method':<8}{'eager cpu s':>12}{'compiled cpu s':>15}{'compiled/eager':>15}"
-          f"{'first compile s':>16}")
+    print(f"{'method':<8}{'bare cpu s':>11}{'eager cpu s':>12}{'compiled cpu s':>15}"
+          f"{'compiled/eager':>15}{'compiled/bare':>14}{'first compile s':>16}{'acc eager':>10}"
+          f"{'acc compiled':>13}")
     ref: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for m in args.methods.split(","):
             timed(m, stream, False)                     # warm-up
+            bare(m, stream, 0)
             t0 = time.perf_counter()
             _, first = timed(m, stream, True)           # pays the compilation
             first_s = time.perf_counter() - t0
             w_first = weights(first)                    # compiled runs share one model object
-            eager, comp = [], []
+            acc_c = accuracy(first)
+            bares, eager, comp = [], [], []
             for _ in range(args.repeats):
+                bares.append(bare(m, stream, 0))
                 t, e = timed(m, stream, False)
                 eager.append(t)
                 w_eager = weights(e)
                 t, c = timed(m, stream, True)
                 comp.append(t)
                 ref[m] = weights(c)
-            if m == "naive":
+            acc_e = accuracy(e)
+            if m == "naive" or "deterministic" not in result:
                 result["deterministic"] = same(w_first, ref[m])
                 result["max_abs_diff_vs_eager"] = max(
                     float((w_eager[k] - ref[m][k]).abs().max()) for k in ref[m])
-            te, tc = statistics.median(eager), statistics.median(comp)
-            print(f"{m:<8}{te:>12.3f}{tc:>15.3f}{tc / te:>15.3f}{first_s:>16.1f}")
-            result[m] = {"eager_cpu_s": round(te, 3), "compiled_cpu_s": round(tc, 3),
-                         "compiled_over_eager": round(tc / te, 3), "first_compile_s": round(first_s, 1)}
+            tb, te, tc = min(bares), min(eager), min(comp)
+            print(f"{m:<8}{tb:>11.3f}{te:>12.3f}{tc:>15.3f}{tc / te:>15.3f}{tc / tb:>14.3f}"
+                  f"{first_s:>16.1f}{acc_e:>10.4f}{acc_c:>13.4f}")
+            result[m] = {"bare_cpu_s": round(tb, 3), "eager_cpu_s": round(te, 3),
+                         "compiled_cpu_s": round(tc, 3), "compiled_over_eager": round(tc / te, 3),
+                         "compiled_over_bare": round(tc / tb, 3), "first_compile_s": round(first_s, 1),
+                         "acc_eager": round(acc_e, 4), "acc_compiled": round(acc_c, 4)}
         m = "er" if "er" in ref else next(iter(ref))
         n = sum(len(e.y) for e in stream.experiences()) // 10
         half = learner(m, True)
@@ -120,7 +142,7 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
     result.update({"threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2),
                    "compiler": compiler, "torch": torch.__version__})
-    print(f"{args.repeats} interleaved repeats, median CPU seconds of training; torch threads "
+    print(f"{args.repeats} interleaved repeats, fastest CPU seconds of training; torch threads "
           f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; C++ compiler {compiler}; "
           f"deterministic {result.get('deterministic')}, exact resume {result.get('exact_resume')}, "
           f"largest weight difference from eager {result.get('max_abs_diff_vs_eager')}")

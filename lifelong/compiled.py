@@ -1,27 +1,47 @@
-"""``train.compile``: the training forward (and its backward) through ``torch.compile``.
+"""``train.compile``: the training step through ``torch.compile``, as one graph where it can be.
 
-What runs compiled: the model's forward pass of each training step and the
-backward of that graph (TorchDynamo + AOTAutograd + Inductor, one graph with
-a dynamic batch dimension, so the stream batch, the stream + replay batch and
-a short last batch share it after at most one recompilation). What runs
-eager: the loss and every plugin's loss terms, gradients hooks and updates
-(they are pluggy hooks with Python control flow and buffer bookkeeping; each
-plugin stays exactly as without compile), evaluation and prediction (other
-batch sizes, no gradient), and the optimizer. On CUDA the compiled graph is
-replayed through CUDA graphs (``mode="reduce-overhead"``); that path has not
-been run on a GPU here.
+**The whole step as one graph.** When every part of the step can be traced,
+the model's forward, the stream cross-entropy, the loss terms of the plugins
+that declare them traceable (``traceable_loss = True``: ER, DER, DER++), the
+gradients (``torch.func.grad`` over the trainable parameters) and the SGD
+update (momentum, Nesterov and weight decay as ``torch.optim.SGD`` computes
+them, at the optimizer's current learning rates) run as one compiled graph
+(TorchDynamo + Inductor, no autograd tape and no per-tensor optimizer loop:
+that is where a small model's eager step spends its time). Replay sampling,
+buffer updates, every other hook and evaluation run eager around it, as
+without compile; ``p.grad`` holds the step's gradient afterwards and the
+momentum buffers live in the optimizer's state, so checkpoints are the same.
+A step whose loss is not finite leaves the weights and momentum unchanged
+(inside the graph), then ``train.nan_policy`` applies.
 
-If ``torch.compile`` is not available or fails on the model (no C++
-compiler for Inductor on CPU, an untraceable module), the run says so in
-one line and trains eager.
+What keeps a step off that path (said in one line at the first step, and the
+model's forward then runs compiled alone, below): an optimizer other than
+the learner's SGD (or SGD with dampening, ``maximize``, step hooks), a plugin
+that changes gradients before the update (``before_update``: A-GEM, GEM, SI,
+EWC's penalty), decides the loss or sample weights (``combine_losses``,
+``sample_weights``), adds loss terms not marked traceable (they read the
+model's parameters, other models or captured features), keeps the autograd
+graph, trains its own parameters, or a model with floating-point buffers
+(BatchNorm's running statistics), multi-target batches and target batches.
+
+**The forward alone.** Otherwise the model's forward pass of each training
+step and the backward of that graph run compiled (one graph with a dynamic
+batch dimension, so the stream batch, the stream + replay batch and a short
+last batch share it after at most one recompilation); the loss, plugins'
+terms and hooks and the optimizer run eager. On CUDA that graph is replayed
+through CUDA graphs (``mode="reduce-overhead"``); neither path has been run
+on a GPU here.
+
+If ``torch.compile`` is not available or fails (no C++ compiler for Inductor
+on CPU, an untraceable module), the run says so in one line and trains eager.
 
 Determinism and resume: a compiled run is deterministic (same seed, same
 result) and a resumed compiled run equals the uninterrupted compiled run
 (``benchmarks/compile.py`` checks both), but a compiled run does not equal
 the eager run bit for bit: Inductor fuses and reorders floating-point
 operations, so weights differ by rounding (``benchmarks/compile.py``
-reports the largest difference). Resume with the same ``train.compile`` as
-the run that wrote the checkpoint to continue it exactly.
+reports the largest difference; the tests bound it). Resume with the same
+``train.compile`` as the run that wrote the checkpoint to continue it exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompiledForward"]
+__all__ = ["CompiledForward", "CompiledStep", "whole_step_blocker"]
 
 # one compiled callable per module: a new learner on the same model reuses its compiled code
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
@@ -86,3 +106,264 @@ class CompiledForward:
                      f"({type(exc).__name__}: {cause}); the training step runs eager")
             self.eager = True
             return self.model(*args)
+
+
+def whole_step_blocker(learner: Any) -> str | None:
+    """Why ``learner``'s training step cannot run as one compiled graph, or ``None`` if it can.
+
+    Decided once per optimizer (a model change rebuilds it); the per-batch
+    conditions (multi-target and target batches) are checked by the learner.
+    """
+    from lifelong.learner import plugin_name
+
+    opt = learner.optimizer
+    if type(opt) is not torch.optim.SGD or callable(learner.optimizer_spec):
+        return (f"the optimizer is {type(opt).__name__}; the compiled step updates with the "
+                "learner's SGD only")
+    for g in opt.param_groups:
+        if g["momentum"] and g["dampening"]:
+            return "SGD with dampening; the compiled step's momentum has none"
+        if g.get("maximize") or g.get("differentiable"):
+            return "SGD with maximize or differentiable set"
+    if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+        return "the optimizer has step hooks, which the compiled update would not call"
+    hooks = learner.pm.hook
+    for hook, what in (("before_update", "changes the gradients before the update"),
+                       ("combine_losses", "decides how the loss terms combine"),
+                       ("sample_weights", "weights the stream samples")):
+        impls = getattr(hooks, hook).get_hookimpls()
+        if impls:
+            return f"plugin {plugin_name(impls[0].plugin)!r} {what} ({hook})"
+    for impl in hooks.loss_terms.get_hookimpls():
+        if not getattr(impl.plugin, "traceable_loss", False):
+            return (f"plugin {plugin_name(impl.plugin)!r} adds loss terms not marked traceable "
+                    "(traceable_loss)")
+    if learner._retain_graph:
+        return "a plugin reads the autograd graph after the backward (task_gradients)"
+    if learner._needs_target or learner._features is not None:
+        return "a plugin needs a target batch or captured features"
+    trainable = learner.trainable_parameters()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    if in_opt != {id(p) for p in trainable.values()}:
+        return "the optimizer trains parameters besides the model's (plugins' own parameters)"
+    if any(b.is_floating_point() for b in learner.model.buffers()):
+        return "the model has floating-point buffers updated in training (e.g. BatchNorm)"
+    return None
+
+
+# one compiled step per module (with what it was built for): a rebuilt optimizer (a resume) or
+# a new learner on the same model reuses it instead of compiling again
+_STEPS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Callable[..., Any]]] = \
+    weakref.WeakKeyDictionary()
+
+# what a traceable plugin's loss_terms may read of the step, besides logits and losses; no
+# per-step integers (the step's index): TorchDynamo would specialize the graph on each value
+_SLOTS = ("batch", "experience", "n_stream", "replays", "_owners")
+_UNSET = ("index", "scratch", "predict_logits", "target", "target_rows", "eval_logits", "loss",
+          "outputs")
+
+
+def _fresh_code(fn: Callable[..., Any], tag: int) -> Callable[..., Any]:
+    """A copy of ``fn`` with its own code object: TorchDynamo keeps its compiled entries (and
+    their recompilation limit) per code object, so each learner's step gets its own."""
+    import types
+
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__,
+                              fn.__closure__)
+
+
+class CompiledStep:
+    """One training step (forward, losses, gradients, SGD update) as one compiled graph.
+
+    Built by the learner when :func:`whole_step_blocker` finds nothing in the
+    way; see the module docstring. Calling it updates the trainable
+    parameters (and momentum buffers) in place and returns the step's
+    logits, total loss and named losses, detached.
+
+    :param learner: the learner whose model, optimizer and plugins it runs.
+    :param compiler: ``torch.compile`` (replaceable in tests).
+    :param say: where the one-line notes go.
+    """
+
+    _count = 0
+    max_shapes = 4
+
+    def __init__(self, learner: Any, *, compiler: Callable[..., Any] | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        from torch.func import functional_call, grad
+
+        self.optimizer = learner.optimizer
+        self.model = learner.model
+        named = learner.trainable_parameters()
+        group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        self.names = list(named)
+        self.params = [named[n] for n in self.names]
+        self.views = {n: p.detach() for n, p in named.items()}  # same storage: updated in place
+        self.groups = [group_of[id(p)] for p in self.params]
+        hyper = [(g["momentum"], g["nesterov"], g["weight_decay"]) for g in self.optimizer.param_groups]
+        self.hyper = hyper
+        self.lr_values = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self.lrs = [torch.tensor(v, device=learner.device) for v in self.lr_values]
+        self.plugins = [impl.plugin for impl in reversed(learner.pm.hook.loss_terms.get_hookimpls())]
+        from lifelong.learner import plugin_name
+
+        self.traced_plugins = ", ".join(plugin_name(p) for p in self.plugins)
+        conditioned = learner._task_conditioned
+        names, groups = self.names, self.groups  # plain data: the closure keeps no module alive
+        from lifelong.learner import Step
+
+        def losses_of(params: dict[str, Tensor], model: nn.Module, x: Tensor, y: Tensor,
+                      task: Tensor | None, step: Any, plugins: list[Any],
+                      lrn: Any) -> tuple[Tensor, Any]:
+            logits = functional_call(model, params, (x, task) if conditioned else (x,))
+            view = Step.__new__(Step)  # the step as plugins read it, with the traced logits
+            for k in _SLOTS:
+                setattr(view, k, getattr(step, k))
+            for k in _UNSET:
+                setattr(view, k, None)
+            view.logits = logits
+            n = step.n_stream
+            ce = torch.nn.functional.cross_entropy(logits[:n] if logits.shape[0] != n else logits, y)
+            losses = {"ce": ce}
+            view.losses = losses
+            loss = ce
+            for plugin in plugins:
+                for k, v in (plugin.loss_terms(lrn, view) or {}).items():
+                    losses[k] = v
+                    loss = loss + v
+            return loss, (loss.detach(), logits.detach(), {k: v.detach() for k, v in losses.items()})
+
+        gradient = grad(losses_of, has_aux=True)
+
+        def step_fn(params: dict[str, Tensor], model: nn.Module, bufs: list[Tensor | None],
+                    lrs: list[Tensor], x: Tensor, y: Tensor, task: Tensor | None, step: Any,
+                    plugins: list[Any], lrn: Any) -> tuple[Any, ...]:
+            grads, (loss, logits, losses) = gradient(params, model, x, y, task, step, plugins, lrn)
+            ok = torch.isfinite(loss)
+            out = []
+            for i, name in enumerate(names):  # torch.optim.SGD's update (_single_tensor_sgd)
+                p, g = params[name], grads[name]
+                momentum, nesterov, decay = hyper[groups[i]]
+                d = g.add(p, alpha=decay) if decay else g
+                if momentum:
+                    buf = bufs[i]
+                    assert buf is not None
+                    buf.copy_(torch.where(ok, buf * momentum + d, buf))
+                    d = d.add(buf, alpha=momentum) if nesterov else buf
+                p.sub_(torch.where(ok, d * lrs[groups[i]], 0.0))
+                out.append(g)
+            return loss, logits, losses, out
+
+        key = (tuple(names), tuple(groups), tuple(hyper), conditioned, compiler)
+        cached = _STEPS.get(self.model)
+        if cached is not None and cached[0] == key:  # same model, same update: reuse its code
+            self.fn = cached[1]
+        else:
+            CompiledStep._count += 1
+            compile_ = compiler if compiler is not None else torch.compile
+            self.fn = compile_(_fresh_code(step_fn, CompiledStep._count), dynamic=False,
+                               fullgraph=True)
+            _STEPS[self.model] = (key, self.fn)
+        self.learner_ref = weakref.ref(learner)
+        self.failed = False
+        # the learner's (checkpointed: a resumed run takes the same path at every step)
+        self.shapes: dict[Any, bool] = learner._step_shapes  # step shape -> compiled or eager
+        self.seen: dict[Any, int] = learner._step_seen       # shapes not decided -> times seen
+        self.say = say if say is not None else (lambda m: print(m, file=sys.stderr))
+
+    def note(self) -> str:
+        terms = f", the loss terms of {self.traced_plugins}" if self.plugins else ""
+        return (f"train.compile: the whole training step (forward, cross-entropy{terms}, "
+                "gradients, SGD update) runs as one compiled graph (torch.compile); replay "
+                "sampling, buffer updates, the other hooks and evaluation run eager")
+
+    def run(self, step: Any, x: Tensor, y: Tensor, task: Tensor | None) -> tuple[Any, ...] | None:
+        """The step through the compiled graph, or ``None`` where this step runs eager.
+
+        Graphs are static, one per step shape (the batch's rows and the replayed
+        rows' slices): a shape is compiled the second time it comes, up to
+        :attr:`max_shapes` of them, so the steady shapes of a run (stream + full
+        replay batches) run compiled while the one-off shapes (a buffer filling
+        up, an experience's short last batch) run eager instead of each paying a
+        compilation. A compilation that fails (an untraceable plugin or model,
+        no C++ compiler) is said once, updates nothing, and sends this learner's
+        steps to the forward-only path.
+        """
+        if self.failed:
+            return None
+        sig = (tuple(x.shape), tuple((sl.start, sl.stop) for _, sl in step._owners))
+        state = self.shapes.get(sig)
+        if state:
+            try:
+                return self(step, x, y, task)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran
+                self.say("train.compile: the compiled step kept recompiling; the training step "
+                         "runs eager from here on")
+                self.failed = True
+                return None
+        if state is not None:
+            return None
+        if len(self.seen) > 64:  # shapes that never repeat: forget them
+            self.seen.clear()
+        seen = self.seen[sig] = self.seen.get(sig, 0) + 1
+        if seen < 2:
+            return None
+        if sum(1 for v in self.shapes.values() if v) >= self.max_shapes:
+            self.shapes[sig] = False
+            return None
+        try:
+            out = self(step, x, y, task)
+        except Exception as exc:  # noqa: BLE001 - any tracing or compiler failure falls back, once
+            cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            self.say(f"train.compile: the training step cannot run as one compiled graph "
+                     f"({type(exc).__name__}: {cause}); the model's forward runs compiled alone")
+            self.failed = True
+            return None
+        self.shapes[sig] = True
+        return out
+
+    def __call__(self, step: Any, x: Tensor, y: Tensor, task: Tensor | None) -> tuple[Any, ...]:
+        opt = self.optimizer
+        for i, g in enumerate(opt.param_groups):  # a scheduler may have moved the rate
+            if g["lr"] != self.lr_values[i]:
+                self.lr_values[i] = float(g["lr"])
+                self.lrs[i].fill_(g["lr"])
+        bufs: list[Tensor | None] = []
+        for p, gi in zip(self.params, self.groups):
+            if self.hyper[gi][0]:
+                st = opt.state[p]
+                buf = st.get("momentum_buffer")
+                if buf is None:  # zero momentum + gradient = torch's first-step clone (no dampening)
+                    buf = st["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(buf)
+            else:
+                bufs.append(None)
+        loss, logits, losses, grads = self.fn(self.views, self.model, bufs, self.lrs, x, y, task,
+                                              step, self.plugins, self.learner_ref())
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return loss, logits, losses
+
+
+def shapes_state(shapes: dict[Any, bool], seen: dict[Any, int]) -> dict[str, list[Any]]:
+    """The step-shape history as plain lists, for the checkpoint."""
+    def plain(sig: Any) -> list[Any]:
+        return [list(sig[0]), [list(sl) for sl in sig[1]]]
+    return {"shapes": [[plain(k), bool(v)] for k, v in shapes.items()],
+            "seen": [[plain(k), int(v)] for k, v in seen.items()]}
+
+
+def load_shapes_state(state: Any) -> tuple[dict[Any, bool], dict[Any, int]]:
+    """Inverse of :func:`shapes_state`; a malformed entry is a ``ValueError``."""
+    def sig(v: Any) -> Any:
+        rows, slices = v
+        return (tuple(int(d) for d in rows), tuple((int(a), int(b)) for a, b in slices))
+    if not isinstance(state, dict) or set(state) != {"shapes", "seen"}:
+        raise ValueError("expected a mapping with 'shapes' and 'seen'")
+    try:
+        shapes = {sig(k): bool(v) for k, v in state["shapes"]}
+        seen = {sig(k): int(v) for k, v in state["seen"]}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"an entry is not [[shape], [[start, stop], ...]], value: {exc}") from exc
+    return shapes, seen

@@ -18,6 +18,7 @@ or a plugin whose needs the stream cannot meet are a
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -271,9 +272,11 @@ class Learner:
         declare ``requires = ("target",)`` get a target batch each step
         (:mod:`lifelong.stream.target`), and every evaluation also reports the
         accuracy on its held-out data (``EvalReport.target``).
-    :param compile: run each training step's forward and backward through
-        ``torch.compile`` (:mod:`lifelong.compiled` says what is compiled and what
-        differs); a model that cannot be compiled trains eager, said in one line.
+    :param compile: run each training step through ``torch.compile``: the whole
+        step (forward, loss terms, gradients, SGD update) as one graph where the
+        optimizer and plugins allow, else the forward and backward alone
+        (:mod:`lifelong.compiled` says what is compiled, when, and what differs); a
+        model that cannot be compiled trains eager, said in one line.
     """
 
     def __init__(
@@ -330,6 +333,9 @@ class Learner:
         self._named_params: tuple[tuple[str, nn.Parameter], ...] | None = None
         self._named_of: nn.Module | None = None  # the model _named_params were read from
         self._compiled: Any = None  # lifelong.compiled.CompiledForward, built on first use
+        self._whole: Any = None  # (optimizer, lifelong.compiled.CompiledStep or None, why not)
+        self._step_shapes: dict[Any, bool] = {}  # the compiled whole step's shapes (checkpointed)
+        self._step_seen: dict[Any, int] = {}
         self.pm = pluggy.PluginManager("lifelong")
         self.pm.add_hookspecs(hookspecs)
         for i, p in enumerate(self.plugins):
@@ -633,6 +639,27 @@ class Learner:
             return self.model(x, task)
         return self.model(x)
 
+    def _whole_step(self) -> Any:
+        """The compiled whole step (lifelong.compiled.CompiledStep), or ``None`` where something
+        keeps the step off it; decided once per optimizer and said in one line."""
+        if self._whole is not None and self._whole[0] is self.optimizer:
+            return self._whole[1]
+        from lifelong.compiled import CompiledStep, whole_step_blocker
+
+        why, whole = whole_step_blocker(self), None
+        if why is None:
+            try:
+                whole = CompiledStep(self)
+            except Exception as exc:  # noqa: BLE001 - a compiler that cannot start falls back, loudly
+                why = f"torch.compile could not start ({type(exc).__name__}: {str(exc)[:200]})"
+        if whole is not None:
+            print(whole.note(), file=sys.stderr)
+        elif self._whole is None or self._whole[2] != why:
+            print(f"train.compile: the training step cannot run as one compiled graph: {why}",
+                  file=sys.stderr)
+        self._whole = (self.optimizer, whole, why)
+        return whole
+
     def _train_forward(self, x: Tensor, task: Tensor | None) -> Tensor:
         """:meth:`forward` through ``torch.compile`` (``train.compile``; see lifelong.compiled)."""
         if self._compiled is None or self._compiled.model is not self.model:
@@ -818,8 +845,19 @@ class Learner:
                 x, task = self._concat_replay(step, pairs)
         if self._needs_target and self._target is not None:
             x, task = self._concat_target(step, x, task)
+        whole = self._whole_step() if self.compile and batch.targets is None else None
+        fused = whole.run(step, x, y, task) if whole is not None else None
+        if fused is not None:  # forward, losses, gradients and update as one compiled graph
+            step.loss, step.logits, terms = fused
+            step.losses.update(terms)
+            if self._loss_ok(step.loss) and hooks.has["after_update"]:
+                hooks.after_update(self, step)
+            return self._step_done(step)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self._train_forward(x, task) if self.compile else self.forward(x, task)
+        if self.compile and (whole is None or whole.failed):
+            logits = self._train_forward(x, task)
+        else:  # eager, or a step shape the compiled whole step leaves eager
+            logits = self.forward(x, task)
         losses = step.losses
         if batch.targets is None:
             step.logits = logits
@@ -858,6 +896,10 @@ class Learner:
             self.optimizer.step()
             if hooks.has["after_update"]:
                 hooks.after_update(self, step)
+        return self._step_done(step)
+
+    def _step_done(self, step: Step) -> Step:
+        hooks = self.hooks
         self.samples_seen += step.n_stream
         self.step_index += 1
         if hooks.has["detect_boundary"] and (not self._announce() or self.detect_in_task_aware):
@@ -1107,8 +1149,14 @@ class Learner:
                          "batch_in_experience": self.batch_in_experience,
                          "skipped_batches": self.skipped_batches,
                          "boundaries_detected": list(self.boundaries_detected)},
-            "env": {"torch_threads": torch.get_num_threads(), "compile": self.compile},
+            "env": {"torch_threads": torch.get_num_threads(), "compile": self.compile,
+                    **({"compile_shapes": self._shapes_state()} if self.compile else {})},
         }
+
+    def _shapes_state(self) -> dict[str, Any]:
+        from lifelong.compiled import shapes_state
+
+        return shapes_state(self._step_shapes, self._step_seen)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`, checking every part against this run first.
@@ -1153,6 +1201,18 @@ class Learner:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             self.boundaries_detected = [int(b) for b in c["boundaries_detected"]]
             env = state.get("env", {})
+            if isinstance(env, dict) and "compile_shapes" in env:
+                from lifelong.compiled import load_shapes_state
+
+                try:
+                    shapes, seen = load_shapes_state(env["compile_shapes"])
+                except ValueError as exc:
+                    raise CheckpointError(f"checkpoint: env.compile_shapes is malformed ({exc}); "
+                                          "the checkpoint is corrupted") from exc
+                self._step_shapes.clear()
+                self._step_shapes.update(shapes)
+                self._step_seen.clear()
+                self._step_seen.update(seen)
             then = env.get("torch_threads") if isinstance(env, dict) else -1
             if then is not None and (not isinstance(then, int) or isinstance(then, bool)
                                      or then < 1):

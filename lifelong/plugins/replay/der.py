@@ -88,6 +88,8 @@ class DER:
     """Dark experience replay (Buzzega et al. 2020): match the logits stored at insertion."""
 
     name = "der"
+    # loss_terms reads only the step (logits, replayed rows): the compiled whole step traces it
+    traceable_loss = True
     owns = ()
 
     def __init__(self, *, mem_size: int = 200, batch_size: int = 10, alpha: float = 0.2,

@@ -77,6 +77,8 @@ class ER:
     """Experience replay (Chaudhry et al. 2019): an equal-size reservoir replay batch per step."""
 
     name = "er"
+    # loss_terms reads only the step (logits, replayed rows): the compiled whole step traces it
+    traceable_loss = True
     owns = ()
 
     def __init__(self, *, mem_size: int = 200, batch_size: int | None = None, seed: int = 0,
