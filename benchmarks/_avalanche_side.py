@@ -39,6 +39,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    from lifelong.compare.avalanche import import_avalanche
+
+    import_avalanche()  # beside a CPU torch, PyPI's torchvision needs lifelong's import shim
     from avalanche.benchmarks.scenarios.deprecated.generic_benchmark_creation import (
         create_generic_benchmark_from_tensor_lists,
     )

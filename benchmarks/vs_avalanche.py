@@ -57,11 +57,21 @@ Differences that remain: Avalanche's A-GEM keeps a per-experience memory
 (lifelong's a reservoir of the same total size), and Avalanche's replay
 buffers are experience-balanced (lifelong's reservoir).
 
-Avalanche is an optional extra (``pip install 'lifelong[avalanche]'``) and
-needs torchvision, which does not load beside a CPU-only torch build: give
-the Python of an environment where it imports with ``--avalanche-python``
-(for example a virtual environment with torch 2.14.1 + torchvision 0.29.1 +
-avalanche-lib). Without one the script says so and exits 0.
+Compiled rows (``naive+compile``, ``er200+compile``, ``der+compile``, not in
+the default list): lifelong with ``train.compile: true`` (for these the
+whole step runs as one graph, lifelong.compiled) against the same plain
+Avalanche runs; the compilation is paid by an untimed first run in the same
+process and reported apart (``compile_s``), as ``benchmarks/compile.py``
+does. Avalanche's strategies have no compiled step of their own to set
+against it.
+
+Avalanche is an optional extra (``pip install 'lifelong[avalanche]'``); give
+the Python of an environment where it is installed with
+``--avalanche-python`` (a virtual environment with torch 2.13.0 and
+``pip install -e '.[avalanche]'``: PyPI's torchvision does not load beside
+a CPU-only torch by itself, and the Avalanche side imports it through
+:func:`lifelong.compare.avalanche.import_avalanche`). Without one the script
+says so and exits 0.
 
 Last line: one JSON object, strategy -> ``{"speedup_vs_avalanche": ..,
 "speedup": .. (the same number), "over_bare": .., "acc_lifelong": ..,
@@ -82,6 +92,7 @@ from pathlib import Path
 
 STRATEGIES = ("naive", "er200", "er200_av", "er500", "der", "derpp", "derpp_av", "ewc", "online_ewc",
               "si", "lwf", "agem", "gem", "generative_replay")
+COMPILED = ("naive+compile", "er200+compile", "der+compile")  # lifelong with train.compile
 FLOOR = {"naive": "naive", "er200": "er", "der": "der", "derpp": "derpp", "si": "si", "lwf": "lwf",
          "agem": "agem", "gem": "gem"}   # strategy -> its bare loop in benchmarks/floor.py
 HERE = Path(__file__).resolve().parent
@@ -108,6 +119,8 @@ def export_data(path: Path, seed: int) -> None:
 
 
 def lifelong_side(strategy: str, seed: int, data: Path) -> dict:
+    """One lifelong run; ``<strategy>+compile`` with ``train.compile`` (the compilation is paid by
+    a first, untimed run on the same model object, whose weights are then reset)."""
     import time
 
     import torch
@@ -128,7 +141,11 @@ def lifelong_side(strategy: str, seed: int, data: Path) -> dict:
                           test_experience_ids=test_ids, num_classes=10, keep_order=True)
     model = mlp(input_shape=(1, 28, 28), num_classes=10)
     model.load_state_dict(d["init"])
-    plugins = {"naive": [], "er200": [ER(mem_size=200, seed=seed)],
+    compiled = strategy.endswith("+compile")
+    strategy = strategy.removesuffix("+compile")
+    def make() -> list:  # fresh plugins for each run
+        return {
+               "naive": [], "er200": [ER(mem_size=200, seed=seed)],
                "er200_av": [ER(mem_size=200, seed=seed, memory="experience_balanced_end",
                                replay_loss="joint_mean")],
                "er500": [ER(mem_size=500, seed=seed)], "der": [DER(mem_size=200, seed=seed)],
@@ -139,15 +156,24 @@ def lifelong_side(strategy: str, seed: int, data: Path) -> dict:
                "agem": [AGEM(mem_size=200, seed=seed)], "gem": [GEM(mem_size=5120, seed=seed)],
                "generative_replay": [GenerativeReplay(generator_steps=1, seed=seed)],
                }[strategy]
+    plugins = make()
     threads, _ = choose_threads(model, (1, 28, 28), 10, plugins=plugins)  # as `lifelong run` does
     apply_threads(threads)
-    learner = Learner(model, plugins=plugins, lr=0.1, batch_size=10, device="cpu", seed=seed)
+    compile_s = None
+    if compiled:
+        t0 = time.perf_counter()
+        Learner(model, plugins=make(), lr=0.1, batch_size=10, device="cpu", seed=seed,
+                compile=True).fit(stream, evaluate=False)
+        compile_s = time.perf_counter() - t0
+        model.load_state_dict(d["init"])
+    learner = Learner(model, plugins=plugins, lr=0.1, batch_size=10, device="cpu", seed=seed,
+                      compile=compiled)
     t0, c0 = time.perf_counter(), time.process_time()
     learner.fit(stream, evaluate=False)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     acc = learner.evaluate(kind="anytime").class_il
     return {"train_s": train_s, "cpu_s": cpu_s, "samples": sum(len(y) for _, y in d["train"]),
-            "acc": sum(acc) / len(acc), "threads": torch.get_num_threads()}
+            "acc": sum(acc) / len(acc), "threads": torch.get_num_threads(), "compile_s": compile_s}
 
 
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -155,6 +181,8 @@ ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_N
 
 def run_side(python: str, script: Path, strategy: str, seed: int, data: Path,
              threads: int | None = None) -> dict:
+    if script.name == "_avalanche_side.py":  # Avalanche runs the plain strategy
+        strategy = strategy.removesuffix("+compile")
     cmd = [python, str(script), "--side", strategy, "--seed", str(seed), "--data", str(data)]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), **ONE_THREAD}
     if threads is not None:
@@ -194,7 +222,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--avalanche-python", default=os.environ.get("AVALANCHE_PYTHON"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help=f"comma-separated; also {', '.join(COMPILED)} (lifelong compiled)")
     ap.add_argument("--avalanche-threads", type=int, default=1,
                     help="torch threads of the Avalanche side (default 1, as lifelong's auto)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -210,7 +239,9 @@ def main() -> int:
         print(json.dumps(lifelong_side(args.side, args.seed, Path(args.data))))
         return 0
     py = args.avalanche_python
-    if not py or subprocess.run([py, "-c", "import avalanche"], capture_output=True).returncode:
+    check = "from lifelong.compare.avalanche import import_avalanche; import_avalanche()"
+    if not py or subprocess.run([py, "-c", check], capture_output=True,
+                                env={**os.environ, "PYTHONPATH": str(HERE.parent)}).returncode:
         print("benchmarks/vs_avalanche.py: no Python with avalanche-lib importable was given "
               "(--avalanche-python or AVALANCHE_PYTHON); nothing measured")
         return 0
@@ -266,6 +297,8 @@ def main() -> int:
                       "sps_cpu_lifelong": round(sps["lifelong"], 1),
                       "sps_cpu_avalanche": round(sps["avalanche"], 1), "threads": th,
                       "load_average": round(load, 2)}
+        if s.endswith("+compile"):
+            summary[s]["compile_s"] = round(max(r["compile_s"] for r in ok["lifelong"]), 1)
     print(f"seeds {seeds}, fastest of {args.repeats} run(s) each; speedup = median samples per "
           f"CPU-second of train() (lifelong / "
           f"Avalanche), wall-time ratio beside it; load average (1 min) at each run's start, "
