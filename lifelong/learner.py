@@ -653,7 +653,8 @@ class Learner:
             except Exception as exc:  # noqa: BLE001 - a compiler that cannot start falls back, loudly
                 why = f"torch.compile could not start ({type(exc).__name__}: {str(exc)[:200]})"
         if whole is not None:
-            print(whole.note(), file=sys.stderr)
+            if self._whole is None or self._whole[1] is None:  # once, not at every model growth
+                print(whole.note(), file=sys.stderr)
         elif self._whole is None or self._whole[2] != why:
             print(f"train.compile: the training step cannot run as one compiled graph: {why}",
                   file=sys.stderr)

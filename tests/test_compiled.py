@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from lifelong import ConfigError, hookimpl
+from lifelong.plugins.expansion.pnn import PNN
 from lifelong.plugins.regularization import EWC
 from lifelong.plugins.replay import AGEM, DER, ER, DERpp
+from lifelong.plugins.transfer.discriminative import DiscriminativeLR
 from lifelong.testing import make_learner, tiny_stream
 
 REAL_COMPILE = torch.compile
@@ -236,3 +238,18 @@ def test_a_corrupted_step_shape_history_is_a_checkpoint_error(monkeypatch):
     state["env"]["compile_shapes"] = {"shapes": [["not", "a shape"]], "seen": []}
     with pytest.raises(CheckpointError, match="env.compile_shapes is malformed"):
         make_learner([ER(mem_size=20)], stream, compile=True).fit(stream, state=state)
+
+
+def test_a_growing_task_conditioned_model_and_per_layer_rates_trace_too(monkeypatch, capsys):
+    """PNN adds a column per task (a new optimizer each time, the task ids go to the model);
+    DiscriminativeLR gives each layer its own learning rate (one SGD group per rate)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: REAL_COMPILE(fn, backend="eager", **kw))
+    for make, labels in ((lambda: [PNN(), ER(mem_size=20)], True),
+                         (lambda: [DiscriminativeLR(), ER(mem_size=20)], False)):
+        stream = tiny_stream(task_labels=labels)
+        whole = make_learner(make(), stream, compile=True).fit(stream, evaluate=False)
+        assert any(whole._whole[1].shapes.values())
+        eager = make_learner(make(), stream).fit(stream, evaluate=False)
+        assert _close(whole, eager)
+    err = capsys.readouterr().err
+    assert err.count("runs as one compiled graph") == 2 and "cannot" not in err
