@@ -73,6 +73,10 @@ a CPU-only torch by itself, and the Avalanche side imports it through
 :func:`lifelong.compare.avalanche.import_avalanche`). Without one the script
 says so and exits 0.
 
+``bare_vs_avalanche`` (where ``over_bare`` is known) is ``speedup_vs_avalanche
+* over_bare``: how much faster than Avalanche floor.py's hand-written eager
+loop is, the most an eager library can reach doing the same arithmetic.
+
 Last line: one JSON object, strategy -> ``{"speedup_vs_avalanche": ..,
 "speedup": .. (the same number), "over_bare": .., "acc_lifelong": ..,
 "acc_avalanche": .., "speedup_wall": .., "sps_cpu_lifelong": ..,
@@ -297,6 +301,8 @@ def main() -> int:
                       "sps_cpu_lifelong": round(sps["lifelong"], 1),
                       "sps_cpu_avalanche": round(sps["avalanche"], 1), "threads": th,
                       "load_average": round(load, 2)}
+        if ob is not None:  # the hand-written eager loop's speed over Avalanche's: the ceiling
+            summary[s]["bare_vs_avalanche"] = round(speed * ob, 3)  # of eager at equal arithmetic
         if s.endswith("+compile"):
             summary[s]["compile_s"] = round(max(r["compile_s"] for r in ok["lifelong"]), 1)
     print(f"seeds {seeds}, fastest of {args.repeats} run(s) each; speedup = median samples per "

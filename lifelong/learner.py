@@ -1159,6 +1159,20 @@ class Learner:
 
         return shapes_state(self._step_shapes, self._step_seen)
 
+    @staticmethod
+    def _read_shapes(state: dict[str, Any]) -> tuple[dict[Any, bool], dict[Any, int]] | None:
+        """The compiled whole step's shape history of a checkpoint, checked (None: none saved)."""
+        env = state.get("env")
+        if not isinstance(env, dict) or "compile_shapes" not in env:
+            return None
+        from lifelong.compiled import load_shapes_state
+
+        try:
+            return load_shapes_state(env["compile_shapes"])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint: env.compile_shapes is malformed ({exc}); the "
+                                  "checkpoint is corrupted") from exc
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`, checking every part against this run first.
 
@@ -1173,6 +1187,7 @@ class Learner:
         counters = state.get("counters") if isinstance(state, dict) else None
         with validation.loading(self, counters if isinstance(counters, dict) else None):
             _state_check.check_top(state)
+            shapes_seen = self._read_shapes(state)
             loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
             _state_check.check_model(self.model, state["model"])
             try:
@@ -1202,18 +1217,11 @@ class Learner:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             self.boundaries_detected = [int(b) for b in c["boundaries_detected"]]
             env = state.get("env", {})
-            if isinstance(env, dict) and "compile_shapes" in env:
-                from lifelong.compiled import load_shapes_state
-
-                try:
-                    shapes, seen = load_shapes_state(env["compile_shapes"])
-                except ValueError as exc:
-                    raise CheckpointError(f"checkpoint: env.compile_shapes is malformed ({exc}); "
-                                          "the checkpoint is corrupted") from exc
+            if shapes_seen is not None:
                 self._step_shapes.clear()
-                self._step_shapes.update(shapes)
+                self._step_shapes.update(shapes_seen[0])
                 self._step_seen.clear()
-                self._step_seen.update(seen)
+                self._step_seen.update(shapes_seen[1])
             then = env.get("torch_threads") if isinstance(env, dict) else -1
             if then is not None and (not isinstance(then, int) or isinstance(then, bool)
                                      or then < 1):
