@@ -273,7 +273,7 @@ class Learner:
         (:mod:`lifelong.stream.target`), and every evaluation also reports the
         accuracy on its held-out data (``EvalReport.target``).
     :param compile: run each training step through ``torch.compile``: the whole
-        step (forward, loss terms, gradients, SGD update) as one graph where the
+        step (forward, loss terms, gradients, the SGD/Adam/AdamW update) as one graph where the
         optimizer and plugins allow, else the forward and backward alone
         (:mod:`lifelong.compiled` says what is compiled, when, and what differs); a
         model that cannot be compiled trains eager, said in one line.
