@@ -1,8 +1,9 @@
-"""``train.compile``: naive, ER and DER compiled against eager and against the bare loop, on CPU.
+"""``train.compile``: naive, ER, DER (and ER with Adam) compiled against eager and the bare loop, on CPU.
 
 Protocol: benchmarks/floor.py's (online split MNIST subset, 5 experiences,
 batch 10, SGD 0.1, MLP 784-256-256-10, one torch thread, seed 0); ER and
-DER with a reservoir of 200. With this model, optimizer and these plugins
+DER with a reservoir of 200; ``er_adam`` is ER with Adam at lr 0.001 (no
+bare loop: floor.py's are SGD). With this model, optimizers and plugins
 the whole training step runs as one compiled graph (lifelong.compiled).
 For each method: one eager run, one compiled run that pays the compilation
 (its time is reported apart), then ``--repeats`` rounds of a bare,
@@ -57,9 +58,11 @@ def learner(method: str, compile: bool) -> Learner:
         shared = _MODELS.setdefault(method, model)
         shared.load_state_dict(model.state_dict())
         model = shared
-    plugins = {"naive": [], "er": [ER(mem_size=200, seed=0)], "der": [DER(mem_size=200, seed=0)]}[method]
-    return Learner(model, plugins=plugins, lr=0.1, batch_size=10, device="cpu", seed=0,
-                   compile=compile)
+    plugins = {"naive": [], "er": [ER(mem_size=200, seed=0)], "der": [DER(mem_size=200, seed=0)],
+               "er_adam": [ER(mem_size=200, seed=0)]}[method]
+    adam = {"optimizer": "adam", "lr": 0.001} if method == "er_adam" else {"lr": 0.1}
+    return Learner(model, plugins=plugins, batch_size=10, device="cpu", seed=0, compile=compile,
+                   **adam)
 
 
 def timed(method: str, stream, compile: bool) -> tuple[float, Learner]:
@@ -86,7 +89,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="naive,er,der")
+    ap.add_argument("--methods", default="naive,er,der,er_adam")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cache = tempfile.mkdtemp(prefix="lifelong-inductor-")
@@ -100,8 +103,10 @@ def main() -> None:
     ref: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for m in args.methods.split(","):
+            has_bare = m != "er_adam"                   # floor.py's loops are SGD
             timed(m, stream, False)                     # warm-up
-            bare(m, stream, 0)
+            if has_bare:
+                bare(m, stream, 0)
             t0 = time.perf_counter()
             _, first = timed(m, stream, True)           # pays the compilation
             first_s = time.perf_counter() - t0
@@ -109,7 +114,8 @@ def main() -> None:
             acc_c = accuracy(first)
             bares, eager, comp = [], [], []
             for _ in range(args.repeats):
-                bares.append(bare(m, stream, 0))
+                if has_bare:
+                    bares.append(bare(m, stream, 0))
                 t, e = timed(m, stream, False)
                 eager.append(t)
                 w_eager = weights(e)
@@ -121,12 +127,16 @@ def main() -> None:
                 result["deterministic"] = same(w_first, ref[m])
                 result["max_abs_diff_vs_eager"] = max(
                     float((w_eager[k] - ref[m][k]).abs().max()) for k in ref[m])
-            tb, te, tc = min(bares), min(eager), min(comp)
-            print(f"{m:<8}{tb:>11.3f}{te:>12.3f}{tc:>15.3f}{tc / te:>15.3f}{tc / tb:>14.3f}"
+            tb, te, tc = (min(bares) if bares else None), min(eager), min(comp)
+            cb = None if tb is None else tc / tb
+            print(f"{m:<8}{'-' if tb is None else f'{tb:.3f}':>11}{te:>12.3f}{tc:>15.3f}"
+                  f"{tc / te:>15.3f}{'-' if cb is None else f'{cb:.3f}':>14}"
                   f"{first_s:>16.1f}{acc_e:>10.4f}{acc_c:>13.4f}")
-            result[m] = {"bare_cpu_s": round(tb, 3), "eager_cpu_s": round(te, 3),
-                         "compiled_cpu_s": round(tc, 3), "compiled_over_eager": round(tc / te, 3),
-                         "compiled_over_bare": round(tc / tb, 3), "first_compile_s": round(first_s, 1),
+            result[m] = {"bare_cpu_s": None if tb is None else round(tb, 3),
+                         "eager_cpu_s": round(te, 3), "compiled_cpu_s": round(tc, 3),
+                         "compiled_over_eager": round(tc / te, 3),
+                         "compiled_over_bare": None if cb is None else round(cb, 3),
+                         "first_compile_s": round(first_s, 1),
                          "acc_eager": round(acc_e, 4), "acc_compiled": round(acc_c, 4)}
         m = "er" if "er" in ref else next(iter(ref))
         n = sum(len(e.y) for e in stream.experiences()) // 10
