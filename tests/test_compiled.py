@@ -271,3 +271,21 @@ def test_a_growing_task_conditioned_model_and_per_layer_rates_trace_too(monkeypa
         assert _close(whole, eager)
     err = capsys.readouterr().err
     assert err.count("runs as one compiled graph") == 2 and "cannot" not in err
+
+
+def test_a_whole_step_that_fails_to_compile_trains_on_and_says_so_once(monkeypatch, capsys):
+    def broken(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no working C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fell_back = _fit(True, [ER(mem_size=20)], momentum=0.5)
+    err = capsys.readouterr().err
+    assert err.count("the training step cannot run as one compiled graph (RuntimeError: no "
+                     "working C++ compiler found)") == 1
+    assert err.count("torch.compile failed") == 1  # then the forward-only path, which fails too
+    assert fell_back._whole[1].failed
+    eager = _fit(False, [ER(mem_size=20)], momentum=0.5)
+    for k, v in _weights(eager).items():  # nothing was updated by the failed attempt
+        assert torch.equal(v, _weights(fell_back)[k])
