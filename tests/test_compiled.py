@@ -74,12 +74,14 @@ def test_compile_routes_the_training_forward_through_the_compiler(monkeypatch, c
         assert torch.equal(v, _weights(compiled)[k])
 
 
-def test_a_compiler_failure_trains_eager_and_says_so_once(monkeypatch, capsys):
-    def broken(model, **kw):
-        def run(*args):
-            raise RuntimeError("no working C++ compiler found\nmore detail")
-        return run
+def broken(fn, **kw):
+    """A stand-in for torch.compile on a machine without a C++ compiler."""
+    def run(*args):
+        raise RuntimeError("no working C++ compiler found\nmore detail")
+    return run
 
+
+def test_a_compiler_failure_trains_eager_and_says_so_once(monkeypatch, capsys):
     monkeypatch.setattr(torch, "compile", broken)
     fell_back = _fit(True)
     err = capsys.readouterr().err
@@ -274,11 +276,6 @@ def test_a_growing_task_conditioned_model_and_per_layer_rates_trace_too(monkeypa
 
 
 def test_a_whole_step_that_fails_to_compile_trains_on_and_says_so_once(monkeypatch, capsys):
-    def broken(fn, **kw):
-        def run(*args):
-            raise RuntimeError("no working C++ compiler found\nmore detail")
-        return run
-
     monkeypatch.setattr(torch, "compile", broken)
     fell_back = _fit(True, [ER(mem_size=20)], momentum=0.5)
     err = capsys.readouterr().err
