@@ -20,11 +20,11 @@ the weights and the optimizer state unchanged (inside the graph), then
 What keeps a step off that path (said in one line at the first step, and the
 model's forward then runs compiled alone, below): an optimizer other than
 the learner's SGD, Adam or AdamW (or one with dampening, ``maximize``,
-``amsgrad``, step hooks), a plugin
-that changes gradients before the update (``before_update``: A-GEM, GEM, SI,
-EWC's penalty), decides the loss or sample weights (``combine_losses``,
-``sample_weights``), adds loss terms not marked traceable (they read the
-model's parameters, other models or captured features), keeps the autograd
+``amsgrad``, step hooks), a plugin that changes gradients before the
+update (``before_update``: A-GEM, GEM, SI, DEN, PCGrad, MGDA-UB), decides the
+loss or sample weights (``combine_losses``, ``sample_weights``), adds loss
+terms not marked traceable (EWC, MAS, LwF, the distillation plugins: they
+read the model's parameters, other models or captured features), keeps the autograd
 graph, trains its own parameters, or a model with floating-point buffers
 (BatchNorm's running statistics), multi-target batches and target batches.
 
