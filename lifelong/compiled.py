@@ -64,7 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompiledForward", "CompiledStep", "whole_step_blocker"]
+__all__ = ["CompiledForward", "CompiledStep", "ShapeHistory", "whole_step_blocker"]
 
 # one compiled callable per module: a new learner on the same model reuses its compiled code
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
@@ -306,11 +306,21 @@ class CompiledStep:
                                fullgraph=True)
             _STEPS[self.model] = (key, self.fn)
         self.learner_ref = weakref.ref(learner)
-        self.failed = False
-        # the learner's (checkpointed: a resumed run takes the same path at every step)
-        self.shapes: dict[Any, bool] = learner._step_shapes  # step shape -> compiled or eager
-        self.seen: dict[Any, int] = learner._step_seen       # shapes not decided -> times seen
+        self.history: ShapeHistory = learner._step_history  # the learner's, checkpointed
         self.say = say if say is not None else (lambda m: print(m, file=sys.stderr))
+
+    @property
+    def failed(self) -> bool:
+        """Compiling failed: this learner's steps take the forward-only path."""
+        return self.history.failed
+
+    @property
+    def shapes(self) -> dict[Any, bool]:
+        return self.history.shapes
+
+    @property
+    def seen(self) -> dict[Any, int]:
+        return self.history.seen
 
     def note(self) -> str:
         terms = f", the loss terms of {self.traced_plugins}" if self.plugins else ""
@@ -330,27 +340,28 @@ class CompiledStep:
         no C++ compiler) is said once, updates nothing, and sends this learner's
         steps to the forward-only path.
         """
-        if self.failed:
+        if self.history.failed:
             return None
         sig = (tuple(x.shape), tuple((sl.start, sl.stop) for _, sl in step._owners))
-        state = self.shapes.get(sig)
+        state = self.history.shapes.get(sig)
         if state:
             try:
                 return self(step, x, y, task)
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran
                 self.say("train.compile: the compiled step kept recompiling; the training step "
                          "runs eager from here on")
-                self.failed = True
+                self.history.failed = True
                 return None
         if state is not None:
             return None
-        if len(self.seen) > 64:  # shapes that never repeat: forget them
-            self.seen.clear()
-        seen = self.seen[sig] = self.seen.get(sig, 0) + 1
+        h = self.history
+        if len(h.seen) > 64:  # shapes that never repeat: forget them
+            h.seen.clear()
+        seen = h.seen[sig] = h.seen.get(sig, 0) + 1
         if seen < 2:
             return None
-        if sum(1 for v in self.shapes.values() if v) >= self.max_shapes:
-            self.shapes[sig] = False
+        if sum(1 for v in h.shapes.values() if v) >= self.max_shapes:
+            h.shapes[sig] = False
             return None
         try:
             out = self(step, x, y, task)
@@ -358,9 +369,9 @@ class CompiledStep:
             cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             self.say(f"train.compile: the training step cannot run as one compiled graph "
                      f"({type(exc).__name__}: {cause}); the model's forward runs compiled alone")
-            self.failed = True
+            self.history.failed = True
             return None
-        self.shapes[sig] = True
+        h.shapes[sig] = True
         return out
 
     def __call__(self, step: Any, x: Tensor, y: Tensor, task: Tensor | None) -> tuple[Any, ...]:
@@ -392,24 +403,40 @@ class CompiledStep:
         return loss, logits, losses
 
 
-def shapes_state(shapes: dict[Any, bool], seen: dict[Any, int]) -> dict[str, list[Any]]:
-    """The step-shape history as plain lists, for the checkpoint."""
-    def plain(sig: Any) -> list[Any]:
-        return [list(sig[0]), [list(sl) for sl in sig[1]]]
-    return {"shapes": [[plain(k), bool(v)] for k, v in shapes.items()],
-            "seen": [[plain(k), int(v)] for k, v in seen.items()]}
+class ShapeHistory:
+    """Which step shapes of a learner run through the compiled whole step: compiled (True) or
+    eager (False), the undecided ones with the times they were seen, and whether compiling
+    failed. Checkpointed with the learner, so a resumed run takes the same path at every step."""
 
+    def __init__(self) -> None:
+        self.shapes: dict[Any, bool] = {}
+        self.seen: dict[Any, int] = {}
+        self.failed = False
 
-def load_shapes_state(state: Any) -> tuple[dict[Any, bool], dict[Any, int]]:
-    """Inverse of :func:`shapes_state`; a malformed entry is a ``ValueError``."""
-    def sig(v: Any) -> Any:
-        rows, slices = v
-        return (tuple(int(d) for d in rows), tuple((int(a), int(b)) for a, b in slices))
-    if not isinstance(state, dict) or set(state) != {"shapes", "seen"}:
-        raise ValueError("expected a mapping with 'shapes' and 'seen'")
-    try:
-        shapes = {sig(k): bool(v) for k, v in state["shapes"]}
-        seen = {sig(k): int(v) for k, v in state["seen"]}
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"an entry is not [[shape], [[start, stop], ...]], value: {exc}") from exc
-    return shapes, seen
+    def state_dict(self) -> dict[str, Any]:
+        def plain(sig: Any) -> list[Any]:
+            return [list(sig[0]), [list(sl) for sl in sig[1]]]
+        return {"shapes": [[plain(k), bool(v)] for k, v in self.shapes.items()],
+                "seen": [[plain(k), int(v)] for k, v in self.seen.items()],
+                "failed": self.failed}
+
+    @staticmethod
+    def parse(state: Any) -> ShapeHistory:
+        """A checked copy of a :meth:`state_dict`; a malformed one is a ``ValueError``."""
+        def sig(v: Any) -> Any:
+            rows, slices = v
+            return (tuple(int(d) for d in rows), tuple((int(a), int(b)) for a, b in slices))
+        if not isinstance(state, dict) or set(state) != {"shapes", "seen", "failed"} \
+                or not isinstance(state["failed"], bool):
+            raise ValueError("expected a mapping with 'shapes', 'seen' and 'failed' (a bool)")
+        out = ShapeHistory()
+        try:
+            out.shapes = {sig(k): bool(v) for k, v in state["shapes"]}
+            out.seen = {sig(k): int(v) for k, v in state["seen"]}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"an entry is not [[shape], [[start, stop], ...]], value: {exc}") from exc
+        out.failed = state["failed"]
+        return out
+
+    def load(self, other: ShapeHistory) -> None:
+        self.shapes, self.seen, self.failed = other.shapes, other.seen, other.failed

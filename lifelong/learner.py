@@ -334,8 +334,9 @@ class Learner:
         self._named_of: nn.Module | None = None  # the model _named_params were read from
         self._compiled: Any = None  # lifelong.compiled.CompiledForward, built on first use
         self._whole: Any = None  # (optimizer, lifelong.compiled.CompiledStep or None, why not)
-        self._step_shapes: dict[Any, bool] = {}  # the compiled whole step's shapes (checkpointed)
-        self._step_seen: dict[Any, int] = {}
+        from lifelong.compiled import ShapeHistory
+
+        self._step_history = ShapeHistory()  # the compiled whole step's shapes (checkpointed)
         self.pm = pluggy.PluginManager("lifelong")
         self.pm.add_hookspecs(hookspecs)
         for i, p in enumerate(self.plugins):
@@ -1155,20 +1156,18 @@ class Learner:
         }
 
     def _shapes_state(self) -> dict[str, Any]:
-        from lifelong.compiled import shapes_state
-
-        return shapes_state(self._step_shapes, self._step_seen)
+        return self._step_history.state_dict()
 
     @staticmethod
-    def _read_shapes(state: dict[str, Any]) -> tuple[dict[Any, bool], dict[Any, int]] | None:
+    def _read_shapes(state: dict[str, Any]) -> Any:
         """The compiled whole step's shape history of a checkpoint, checked (None: none saved)."""
         env = state.get("env")
         if not isinstance(env, dict) or "compile_shapes" not in env:
             return None
-        from lifelong.compiled import load_shapes_state
+        from lifelong.compiled import ShapeHistory
 
         try:
-            return load_shapes_state(env["compile_shapes"])
+            return ShapeHistory.parse(env["compile_shapes"])
         except ValueError as exc:
             raise CheckpointError(f"checkpoint: env.compile_shapes is malformed ({exc}); the "
                                   "checkpoint is corrupted") from exc
@@ -1187,7 +1186,7 @@ class Learner:
         counters = state.get("counters") if isinstance(state, dict) else None
         with validation.loading(self, counters if isinstance(counters, dict) else None):
             _state_check.check_top(state)
-            shapes_seen = self._read_shapes(state)
+            history = self._read_shapes(state)
             loaded = self._regrow(state)  # a grown model is rebuilt before its weights load
             _state_check.check_model(self.model, state["model"])
             try:
@@ -1217,11 +1216,8 @@ class Learner:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             self.boundaries_detected = [int(b) for b in c["boundaries_detected"]]
             env = state.get("env", {})
-            if shapes_seen is not None:
-                self._step_shapes.clear()
-                self._step_shapes.update(shapes_seen[0])
-                self._step_seen.clear()
-                self._step_seen.update(shapes_seen[1])
+            if history is not None:
+                self._step_history.load(history)
             then = env.get("torch_threads") if isinstance(env, dict) else -1
             if then is not None and (not isinstance(then, int) or isinstance(then, bool)
                                      or then < 1):

@@ -255,7 +255,7 @@ def test_a_corrupted_step_shape_history_is_a_checkpoint_error(monkeypatch):
     half.fit(stream, evaluate=False, stop_after=9)
     state = half.state_dict()
     assert state["env"]["compile_shapes"]["shapes"]  # the history travels with the checkpoint
-    state["env"]["compile_shapes"] = {"shapes": [["not", "a shape"]], "seen": []}
+    state["env"]["compile_shapes"] = {"shapes": [["not", "a shape"]], "seen": [], "failed": False}
     with pytest.raises(CheckpointError, match="env.compile_shapes is malformed"):
         make_learner([ER(mem_size=20)], stream, compile=True).fit(stream, state=state)
 
@@ -283,6 +283,19 @@ def test_a_whole_step_that_fails_to_compile_trains_on_and_says_so_once(monkeypat
                      "working C++ compiler found)") == 1
     assert err.count("torch.compile failed") == 1  # then the forward-only path, which fails too
     assert fell_back._whole[1].failed
+    assert fell_back.state_dict()["env"]["compile_shapes"]["failed"]  # a resume will not retry
     eager = _fit(False, [ER(mem_size=20)], momentum=0.5)
     for k, v in _weights(eager).items():  # nothing was updated by the failed attempt
         assert torch.equal(v, _weights(fell_back)[k])
+
+
+def test_a_resumed_run_does_not_retry_a_whole_step_that_failed(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch, "compile", broken)
+    stream = tiny_stream()
+    half = make_learner([ER(mem_size=20)], stream, compile=True)
+    half.fit(stream, evaluate=False, stop_after=9)
+    torch.save(half.state_dict(), tmp_path / "ck.pt")
+    monkeypatch.setattr(torch, "compile", counting)  # a compiler that would work now
+    resumed = make_learner([ER(mem_size=20)], stream, compile=True)
+    resumed.fit(stream, evaluate=False, state=torch.load(tmp_path / "ck.pt", weights_only=False))
+    assert resumed._whole[1].fn.n == 0  # the same path as the run it continues: not compiled
