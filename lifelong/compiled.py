@@ -66,6 +66,13 @@ from torch import Tensor, nn
 
 __all__ = ["CompiledForward", "CompiledStep", "ShapeHistory", "whole_step_blocker"]
 
+def failure(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters): a compiler's error in the
+    one line a run says about it."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
 # one compiled callable per module: a new learner on the same model reuses its compiled code
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
 
@@ -111,9 +118,8 @@ class CompiledForward:
                 self.fn = self._build()
             return self.fn(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure falls back, once, loudly
-            cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             self.say(f"train.compile: torch.compile failed on {type(self.model).__name__} "
-                     f"({type(exc).__name__}: {cause}); the training step runs eager")
+                     f"({failure(exc)}); the training step runs eager")
             self.eager = True
             return self.model(*args)
 
@@ -366,9 +372,8 @@ class CompiledStep:
         try:
             out = self(step, x, y, task)
         except Exception as exc:  # noqa: BLE001 - any tracing or compiler failure falls back, once
-            cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             self.say(f"train.compile: the training step cannot run as one compiled graph "
-                     f"({type(exc).__name__}: {cause}); the model's forward runs compiled alone")
+                     f"({failure(exc)}); the model's forward runs compiled alone")
             self.history.failed = True
             return None
         h.shapes[sig] = True

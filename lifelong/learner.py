@@ -645,14 +645,14 @@ class Learner:
         keeps the step off it; decided once per optimizer and said in one line."""
         if self._whole is not None and self._whole[0] is self.optimizer:
             return self._whole[1]
-        from lifelong.compiled import CompiledStep, whole_step_blocker
+        from lifelong.compiled import CompiledStep, failure, whole_step_blocker
 
         why, whole = whole_step_blocker(self), None
         if why is None:
             try:
                 whole = CompiledStep(self)
             except Exception as exc:  # noqa: BLE001 - a compiler that cannot start falls back, loudly
-                why = f"torch.compile could not start ({type(exc).__name__}: {str(exc)[:200]})"
+                why = f"torch.compile could not start ({failure(exc)})"
         if whole is not None:
             if self._whole is None or self._whole[1] is None:  # once, not at every model growth
                 print(whole.note(), file=sys.stderr)
