@@ -316,7 +316,7 @@ MUTANTS: tuple[Mutant, ...] = (
       ("tests/test_compiled.py::test_a_resumed_run_does_not_retry_a_whole_step_that_failed",),
       "a resumed run retries a compilation the run it continues had given up"),
     M("whole-step-history-not-checkpointed", "lifelong/learner.py",
-      '**({"compile_shapes": self._shapes_state()} if self.compile else {})},',
+      '**({"compile_shapes": self._step_history.state_dict()} if self.compile else {})},',
       "},",
       ("tests/test_compiled.py::test_the_whole_step_resumes_exactly",),
       "a resumed compiled run forgets which step shapes ran compiled"),

@@ -320,14 +320,6 @@ class CompiledStep:
         """Compiling failed: this learner's steps take the forward-only path."""
         return self.history.failed
 
-    @property
-    def shapes(self) -> dict[Any, bool]:
-        return self.history.shapes
-
-    @property
-    def seen(self) -> dict[Any, int]:
-        return self.history.seen
-
     def note(self) -> str:
         terms = f", the loss terms of {self.traced_plugins}" if self.plugins else ""
         return (f"train.compile: the whole training step (forward, cross-entropy{terms}, "
@@ -346,21 +338,21 @@ class CompiledStep:
         no C++ compiler) is said once, updates nothing, and sends this learner's
         steps to the forward-only path.
         """
-        if self.history.failed:
+        h = self.history
+        if h.failed:
             return None
         sig = (tuple(x.shape), tuple((sl.start, sl.stop) for _, sl in step._owners))
-        state = self.history.shapes.get(sig)
+        state = h.shapes.get(sig)
         if state:
             try:
                 return self(step, x, y, task)
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran
                 self.say("train.compile: the compiled step kept recompiling; the training step "
                          "runs eager from here on")
-                self.history.failed = True
+                h.failed = True
                 return None
         if state is not None:
             return None
-        h = self.history
         if len(h.seen) > 64:  # shapes that never repeat: forget them
             h.seen.clear()
         seen = h.seen[sig] = h.seen.get(sig, 0) + 1
@@ -374,7 +366,7 @@ class CompiledStep:
         except Exception as exc:  # noqa: BLE001 - any tracing or compiler failure falls back, once
             self.say(f"train.compile: the training step cannot run as one compiled graph "
                      f"({failure(exc)}); the model's forward runs compiled alone")
-            self.history.failed = True
+            h.failed = True
             return None
         h.shapes[sig] = True
         return out

@@ -1152,11 +1152,8 @@ class Learner:
                          "skipped_batches": self.skipped_batches,
                          "boundaries_detected": list(self.boundaries_detected)},
             "env": {"torch_threads": torch.get_num_threads(), "compile": self.compile,
-                    **({"compile_shapes": self._shapes_state()} if self.compile else {})},
+                    **({"compile_shapes": self._step_history.state_dict()} if self.compile else {})},
         }
-
-    def _shapes_state(self) -> dict[str, Any]:
-        return self._step_history.state_dict()
 
     @staticmethod
     def _read_shapes(state: dict[str, Any]) -> Any:

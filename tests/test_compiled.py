@@ -153,7 +153,7 @@ def test_one_off_step_shapes_run_eager_and_steady_ones_compiled(monkeypatch):
     counts = {}
     for sig in spy.seen:
         counts[sig] = counts.get(sig, 0) + 1
-    compiled = {(k[0][0], k[1]) for k, ok in step.shapes.items() if ok}
+    compiled = {(k[0][0], k[1]) for k, ok in step.history.shapes.items() if ok}
     assert compiled and len(compiled) <= step.max_shapes
     assert any(n == 1 for n in counts.values())   # the filling buffer's shapes come once
     assert all(counts[sig] >= 2 for sig in compiled)  # and never compile
@@ -183,7 +183,7 @@ def test_a_non_finite_loss_in_the_whole_step_updates_nothing(monkeypatch):
     monkeypatch.setattr(torch, "compile", counting)
     kw = {"momentum": 0.5, "nan_policy": "skip"}
     whole = _fit(True, [ER(mem_size=20), Poison(5)], **kw)
-    assert whole._whole[1].shapes and whole._whole[1].fn.n > 5
+    assert whole._whole[1].history.shapes and whole._whole[1].fn.n > 5
     eager = _fit(False, [ER(mem_size=20), Poison(5)], **kw)
     assert whole.skipped_batches == eager.skipped_batches == 1
     assert all(torch.isfinite(p).all() for p in whole.model.parameters())
@@ -231,7 +231,7 @@ def test_replay_plugins_loss_terms_trace_as_one_graph(monkeypatch, capsys, make)
     learner = _fit(True, make())
     err = capsys.readouterr().err
     assert "runs as one compiled graph" in err and "cannot" not in err
-    assert any(learner._whole[1].shapes.values())
+    assert any(learner._whole[1].history.shapes.values())
     assert _close(learner, _fit(False, make()))
 
 
@@ -242,7 +242,7 @@ def test_inductor_compiles_the_whole_er_step(capsys, kw):
     learner = _fit(True, [ER(mem_size=20)], **kw)
     err = capsys.readouterr().err
     assert "runs as one compiled graph" in err and "cannot" not in err
-    assert any(learner._whole[1].shapes.values())
+    assert any(learner._whole[1].history.shapes.values())
     assert _close(learner, _fit(False, [ER(mem_size=20)], **kw), atol=1e-4)
 
 
@@ -268,7 +268,7 @@ def test_a_growing_task_conditioned_model_and_per_layer_rates_trace_too(monkeypa
                          (lambda: [DiscriminativeLR(), ER(mem_size=20)], False)):
         stream = tiny_stream(task_labels=labels)
         whole = make_learner(make(), stream, compile=True).fit(stream, evaluate=False)
-        assert any(whole._whole[1].shapes.values())
+        assert any(whole._whole[1].history.shapes.values())
         eager = make_learner(make(), stream).fit(stream, evaluate=False)
         assert _close(whole, eager)
     err = capsys.readouterr().err
