@@ -57,9 +57,10 @@ Differences that remain: Avalanche's A-GEM keeps a per-experience memory
 (lifelong's a reservoir of the same total size), and Avalanche's replay
 buffers are experience-balanced (lifelong's reservoir).
 
-Compiled rows (``naive+compile``, ``er200+compile``, ``der+compile``, not in
-the default list): lifelong with ``train.compile: true`` (for these the
-whole step runs as one graph, lifelong.compiled) against the same plain
+Compiled rows (any strategy with ``+compile``, not in the default list;
+``naive+compile``, ``er200+compile``, ``der+compile`` are the ones whose
+whole step runs as one graph, lifelong.compiled, the others compile the
+forward alone): lifelong with ``train.compile: true`` against the same plain
 Avalanche runs; the compilation is paid by an untimed first run in the same
 process and reported apart (``compile_s``), as ``benchmarks/compile.py``
 does. Avalanche's strategies have no compiled step of their own to set
@@ -227,7 +228,8 @@ def main() -> int:
     ap.add_argument("--avalanche-python", default=os.environ.get("AVALANCHE_PYTHON"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--strategies", default=",".join(STRATEGIES),
-                    help=f"comma-separated; also {', '.join(COMPILED)} (lifelong compiled)")
+                    help=f"comma-separated; any of them with +compile runs lifelong compiled "
+                         f"(e.g. {', '.join(COMPILED)})")
     ap.add_argument("--avalanche-threads", type=int, default=1,
                     help="torch threads of the Avalanche side (default 1, as lifelong's auto)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -242,6 +244,12 @@ def main() -> int:
     if args.side:
         print(json.dumps(lifelong_side(args.side, args.seed, Path(args.data))))
         return 0
+    strategies = args.strategies.split(",")
+    unknown = [s for s in strategies if s.removesuffix("+compile") not in STRATEGIES]
+    if unknown:
+        print(f"error: --strategies: unknown {', '.join(map(repr, unknown))}; choose from "
+              f"{', '.join(STRATEGIES)}, each optionally with +compile", file=sys.stderr)
+        return 2
     py = args.avalanche_python
     check = "from lifelong.compare.avalanche import import_avalanche; import_avalanche()"
     if not py or subprocess.run([py, "-c", check], capture_output=True,
@@ -250,7 +258,6 @@ def main() -> int:
               "(--avalanche-python or AVALANCHE_PYTHON); nothing measured")
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
-    strategies = args.strategies.split(",")
     res: dict[str, dict[str, list[dict]]] = {s: {"lifelong": [], "avalanche": []} for s in strategies}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
